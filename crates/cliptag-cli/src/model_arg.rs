@@ -1,0 +1,32 @@
+//! The options every model-using command shares.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use cliptag_model::{ClipModel, LoadOptions};
+
+/// `--model`, `--device` and `--dtype`.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Device to run on: cpu, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of the weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    /// Loads the model these options name.
+    pub fn load(&self) -> Result<ClipModel> {
+        let options = LoadOptions {
+            device: cliptag_model::parse_device(&self.device)?,
+            dtype: cliptag_model::parse_dtype(&self.dtype)?,
+        };
+        ClipModel::load(&self.model, &options)
+            .with_context(|| format!("cannot load model {}", self.model.display()))
+    }
+}

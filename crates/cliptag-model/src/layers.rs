@@ -1,0 +1,215 @@
+//! The transformer pieces both towers share: linear layers, attention, MLP, encoder.
+//!
+//! Tensor names follow the Hugging Face checkpoint layout (`self_attn.q_proj`, `mlp.fc1`,
+//! `layer_norm1`, ...), so a directory saved by `transformers` loads unchanged.
+
+use candle_core::{D, Module, Tensor};
+use candle_nn::LayerNorm;
+
+use crate::config::Activation;
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// `y = x W^T + b` on inputs of any rank (flattened to a 2-D matmul).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub(crate) fn load(w: &Weights, prefix: &str, input: usize, output: usize) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"), &[output, input])?,
+            bias: Some(w.get(&format!("{prefix}.bias"), &[output])?),
+        })
+    }
+
+    pub(crate) fn load_no_bias(
+        w: &Weights,
+        prefix: &str,
+        input: usize,
+        output: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"), &[output, input])?,
+            bias: None,
+        })
+    }
+
+    pub(crate) fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let input = dims[dims.len() - 1];
+        let rows = x.elem_count() / input;
+        let flat = x.reshape((rows, input))?;
+        let mut y = flat.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        let mut out_dims = dims.to_vec();
+        out_dims[dims.len() - 1] = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+pub(crate) fn layer_norm(w: &Weights, prefix: &str, size: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        w.get(&format!("{prefix}.weight"), &[size])?,
+        w.get(&format!("{prefix}.bias"), &[size])?,
+        eps,
+    ))
+}
+
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+/// Shapes of one encoder, common to both towers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EncoderShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
+/// Multi-head self-attention with the query, key and value projections fused into one
+/// matmul (loaded from the three separate checkpoint tensors), and the `1/sqrt(d)` scale
+/// folded into the query projection.
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, prefix: &str, shape: &EncoderShape) -> Result<Self> {
+        let d = shape.hidden;
+        let head_dim = d / shape.heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        let part = |name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((
+                w.get(&format!("{prefix}.{name}.weight"), &[d, d])?,
+                w.get(&format!("{prefix}.{name}.bias"), &[d])?,
+            ))
+        };
+        let (qw, qb) = part("q_proj")?;
+        let (kw, kb) = part("k_proj")?;
+        let (vw, vb) = part("v_proj")?;
+        let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
+        let bias = Tensor::cat(&[(qb * scale)?, kb, vb], 0)?;
+        Ok(Self {
+            qkv: Linear::from_parts(weight, Some(bias)),
+            out: Linear::load(w, &format!("{prefix}.out_proj"), d, d)?,
+            heads: shape.heads,
+        })
+    }
+
+    /// `x`: `[batch, seq, hidden]`; `mask`: additive `[seq, seq]`.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let head_dim = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, d))?;
+        self.out.forward(&context)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    norm1: LayerNorm,
+    attention: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn load(w: &Weights, prefix: &str, shape: &EncoderShape) -> Result<Self> {
+        Ok(Self {
+            norm1: layer_norm(w, &format!("{prefix}.layer_norm1"), shape.hidden, shape.eps)?,
+            attention: Attention::load(w, &format!("{prefix}.self_attn"), shape)?,
+            norm2: layer_norm(w, &format!("{prefix}.layer_norm2"), shape.hidden, shape.eps)?,
+            fc1: Linear::load(
+                w,
+                &format!("{prefix}.mlp.fc1"),
+                shape.hidden,
+                shape.intermediate,
+            )?,
+            fc2: Linear::load(
+                w,
+                &format!("{prefix}.mlp.fc2"),
+                shape.intermediate,
+                shape.hidden,
+            )?,
+            act: shape.act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.attention.forward(&self.norm1.forward(x)?, mask)?;
+        let x = (x + h)?;
+        let h = self.fc1.forward(&self.norm2.forward(&x)?)?;
+        let h = self.fc2.forward(&activate(self.act, &h)?)?;
+        Ok((x + h)?)
+    }
+}
+
+/// A stack of pre-norm transformer blocks (`encoder.layers.N`).
+#[derive(Debug, Clone)]
+pub(crate) struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub(crate) fn load(w: &Weights, prefix: &str, shape: &EncoderShape) -> Result<Self> {
+        let layers = (0..shape.layers)
+            .map(|i| EncoderLayer::load(w, &format!("{prefix}.layers.{i}"), shape))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
+        }
+        Ok(x)
+    }
+}
+
+/// L2-normalizes the rows of a `[n, d]` tensor.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
+}

@@ -1,0 +1,207 @@
+//! CLIP on candle: the vision and text towers of a Hugging Face CLIP checkpoint, its BPE
+//! tokenizer, and `CLIPImageProcessor`'s preprocessing applied straight to raw video
+//! frames.
+//!
+//! ```no_run
+//! use cliptag_model::{ClipModel, LoadOptions};
+//! # fn main() -> cliptag_model::Result<()> {
+//! let model = ClipModel::load(std::path::Path::new("models/my-clip"), &LoadOptions::default())?;
+//! let image = cliptag_model::image_file::load_rgb(std::path::Path::new("cat.jpg"))?;
+//! let scores = model.classify(&[image.frame()?], &["a cat", "a dog"])?;
+//! println!("{scores:?}");
+//! # Ok(()) }
+//! ```
+//!
+//! Nothing here knows about GStreamer or gRPC.
+
+mod clip;
+pub mod config;
+mod error;
+pub mod image_file;
+mod layers;
+pub mod preprocess;
+mod text;
+pub mod tokenizer;
+mod vision;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+pub use candle_core;
+pub use clip::Clip;
+pub use config::ClipConfig;
+pub use error::{ModelError, Result};
+pub use layers::l2_normalize;
+pub use preprocess::{FrameRef, PixelFormat, PreprocessConfig, Preprocessor};
+pub use tokenizer::{ClipTokenizer, Tokens};
+
+/// Where and in which precision to run a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The device the weights live on.
+    pub device: Device,
+    /// The type the weights are converted to (f32, f16 or bf16).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Parses a device name: `cpu`, `cuda` / `cuda:N`, or `auto` (the first CUDA device when
+/// this build has CUDA and one is present, the CPU otherwise).
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name.trim() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        other => {
+            let ordinal = match other.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ModelError::Device(format!("{other:?} is not cpu, auto or cuda:N"))
+                    })?,
+                None => {
+                    return Err(ModelError::Device(format!(
+                        "{other:?} is not cpu, auto or cuda:N"
+                    )));
+                }
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(ModelError::Device(format!(
+                    "{other}: this build has no CUDA support (build with --features cuda)"
+                )));
+            }
+            Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("{other}: {e}")))
+        }
+    }
+}
+
+/// Parses a precision name: `f32`, `f16` or `bf16`.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name.trim() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(ModelError::Input(format!(
+            "precision {other:?} is not f32, f16 or bf16"
+        ))),
+    }
+}
+
+/// Everything a model directory holds: the network, its tokenizer and its preprocessor.
+#[derive(Debug, Clone)]
+pub struct ClipModel {
+    /// The network.
+    pub network: Clip,
+    /// The tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The image preprocessor.
+    pub preprocessor: Preprocessor,
+    /// The directory it was loaded from.
+    pub dir: PathBuf,
+}
+
+/// Probabilities of every label for one image, in the order the labels were given.
+pub type LabelScores = Vec<f32>;
+
+impl ClipModel {
+    /// Loads a Hugging Face CLIP directory: `config.json`, `model.safetensors` (or
+    /// shards), `tokenizer.json` (or `vocab.json` + `merges.txt`) and, when present,
+    /// `preprocessor_config.json`.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            ));
+        }
+        let network = Clip::from_dir(dir, options.dtype, &options.device)?;
+        let config = network.config();
+        let tokenizer = ClipTokenizer::from_dir(dir, config.text.max_position_embeddings)?;
+        if tokenizer.vocab_size() > config.text.vocab_size {
+            return Err(ModelError::Tokenizer {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the tokenizer has {} tokens, the text tower only {}",
+                    tokenizer.vocab_size(),
+                    config.text.vocab_size
+                ),
+            });
+        }
+        let preprocessor =
+            Preprocessor::new(PreprocessConfig::from_dir(dir, config.vision.image_size)?);
+        Ok(Self {
+            network,
+            tokenizer,
+            preprocessor,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Preprocesses frames into one `[n, 3, S, S]` batch on the model's device.
+    pub fn pixel_values(&self, frames: &[FrameRef<'_>]) -> Result<Tensor> {
+        let s = self.network.image_size();
+        let per_image = 3 * s * s;
+        let mut batch = vec![0f32; frames.len() * per_image];
+        for (frame, out) in frames.iter().zip(batch.chunks_exact_mut(per_image)) {
+            let size = self
+                .preprocessor
+                .output_size(frame.width(), frame.height())?;
+            if size != (s, s) {
+                return Err(ModelError::Input(format!(
+                    "the preprocessor makes {}x{} images, the vision tower takes {s}x{s}",
+                    size.0, size.1
+                )));
+            }
+            self.preprocessor.preprocess_into(frame, out)?;
+        }
+        Ok(Tensor::from_vec(
+            batch,
+            (frames.len(), 3, s, s),
+            self.network.device(),
+        )?)
+    }
+
+    /// Projected image embeddings `[n, projection_dim]` of frames.
+    pub fn embed_frames(&self, frames: &[FrameRef<'_>]) -> Result<Tensor> {
+        if frames.is_empty() {
+            return Err(ModelError::Input("no images".into()));
+        }
+        self.network.image_features(&self.pixel_values(frames)?)
+    }
+
+    /// Projected text embeddings `[n, projection_dim]` of prompts, with the tokens each
+    /// prompt became (callers report `Tokens::truncated`).
+    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<(Tensor, Vec<Tokens>)> {
+        if texts.is_empty() {
+            return Err(ModelError::Input("no texts".into()));
+        }
+        let tokens = self.tokenizer.encode_all(texts)?;
+        let ids: Vec<Vec<u32>> = tokens.iter().map(|t| t.ids.clone()).collect();
+        Ok((self.network.text_features(&ids)?, tokens))
+    }
+
+    /// Zero-shot classification: for each frame, the softmax over `labels` of
+    /// `exp(logit_scale)` times cosine similarity.
+    pub fn classify<S: AsRef<str>>(
+        &self,
+        frames: &[FrameRef<'_>],
+        labels: &[S],
+    ) -> Result<Vec<LabelScores>> {
+        let images = self.embed_frames(frames)?;
+        let (texts, _) = self.embed_texts(labels)?;
+        let logits = self.network.logits(&images, &texts)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        Ok(probs.to_vec2::<f32>()?)
+    }
+}
