@@ -18,6 +18,7 @@ mod clip;
 pub mod config;
 mod error;
 pub mod image_file;
+mod kernels;
 mod layers;
 pub mod preprocess;
 mod text;

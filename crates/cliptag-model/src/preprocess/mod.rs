@@ -10,7 +10,7 @@ mod config;
 mod frame;
 mod resample;
 
-pub use config::{PreprocessConfig, ResizeTarget};
+pub use config::{CLIP_MEAN, CLIP_STD, PreprocessConfig, ResizeTarget};
 pub use frame::{Colorimetry, FrameRef, PixelFormat, YuvMatrix, YuvRange, over_white, rgb_to_yuv};
 pub use resample::Filter;
 
