@@ -125,21 +125,23 @@ impl Attention {
         })
     }
 
-    /// `x`: `[batch, seq, hidden]`; `mask`: additive `[seq, seq]`.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `x`: `[batch, seq, hidden]`; `causal` stops positions from seeing later ones.
+    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let head_dim = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = self.qkv.forward(x)?;
+        if let Some(context) = kernels::attention(&qkv, self.heads, causal)? {
+            return self.out.forward(&context);
+        }
+        let qkv = qkv
             .reshape((b, t, 3, self.heads, head_dim))?
             .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let mut scores = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(t, scores.dtype(), scores.device())?)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let context = probs
@@ -183,8 +185,8 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.attention.forward(&self.norm1.forward(x)?, mask)?;
+    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let h = self.attention.forward(&self.norm1.forward(x)?, causal)?;
         let x = kernels::add(h, x)?;
         let n = self.norm2.forward(&x)?;
         let h = if self.act == Activation::QuickGelu {
@@ -211,13 +213,26 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// Runs every block; `causal` for the text tower.
+    pub(crate) fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, mask)?;
+            x = layer.forward(&x, causal)?;
         }
         Ok(x)
     }
+}
+
+/// Additive mask that stops a position from attending to later positions.
+fn causal_mask(
+    len: usize,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let values: Vec<f32> = (0..len)
+        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(values, (len, len), device)?.to_dtype(dtype)?)
 }
 
 /// L2-normalizes the rows of a `[n, d]` tensor.

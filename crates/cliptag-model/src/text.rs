@@ -1,7 +1,7 @@
 //! The text tower: token and position embeddings, causal encoder, final norm, pooling at
 //! the end-of-text token.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::config::TextConfig;
@@ -113,8 +113,7 @@ impl TextTransformer {
             .index_select(&ids, 0)?
             .reshape((b, len, d))?;
         let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
-        let mask = causal_mask(len, x.dtype(), device)?;
-        let x = self.encoder.forward(&x, Some(&mask))?;
+        let x = self.encoder.forward(&x, true)?;
         let x = self.final_norm.forward(&x)?;
         let index: Vec<u32> = pooled
             .iter()
@@ -124,12 +123,4 @@ impl TextTransformer {
         let index = Tensor::from_vec(index, (b,), device)?;
         Ok(x.reshape((b * len, d))?.index_select(&index, 0)?)
     }
-}
-
-/// Additive mask that stops a position from attending to later positions.
-fn causal_mask(len: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    let values: Vec<f32> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(values, (len, len), device)?.to_dtype(dtype)?)
 }
