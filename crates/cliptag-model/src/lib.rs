@@ -206,3 +206,29 @@ impl ClipModel {
         Ok(probs.to_vec2::<f32>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine shares one model between threads.
+    #[test]
+    fn models_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ClipModel>();
+        assert_send_sync::<Clip>();
+        assert_send_sync::<Preprocessor>();
+        assert_send_sync::<ClipTokenizer>();
+    }
+
+    #[test]
+    fn device_and_dtype_names() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        assert!(matches!(parse_device("auto"), Ok(_)));
+        for bad in ["gpu", "cuda:x", "cuda:", ""] {
+            assert!(parse_device(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_dtype("bf16").ok(), Some(DType::BF16));
+        assert!(parse_dtype("f64").is_err());
+    }
+}
