@@ -366,3 +366,48 @@ fn bad_input_is_one_clear_line_and_a_failure() {
     let err = fails(&["embed", "--model", m, "--text", "a", "--device", "tpu"]);
     assert!(err.contains("tpu"), "{err}");
 }
+
+#[test]
+fn bench_reports_throughput_and_preprocessing_as_json() {
+    let m = model();
+    let out = json_ok(&[
+        "bench",
+        "--model",
+        m.to_str().expect("utf-8"),
+        "--batch",
+        "1,2",
+        "--seconds",
+        "0",
+        "--iters",
+        "1",
+        "--preprocess",
+        "64x48",
+        "--json",
+    ]);
+    let results = out["results"].as_array().expect("results");
+    let batches: Vec<u64> = results
+        .iter()
+        .map(|r| r["batch"].as_u64().expect("batch"))
+        .collect();
+    assert_eq!(batches, [1, 2]);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["images_per_s"].as_f64().is_some_and(|x| x > 0.0))
+    );
+    let formats: Vec<&str> = out["preprocessing"]
+        .as_array()
+        .expect("preprocessing")
+        .iter()
+        .map(|p| p["format"].as_str().expect("format"))
+        .collect();
+    assert_eq!(formats, ["BGRx", "NV12", "I420"]);
+    let err = fails(&[
+        "bench",
+        "--model",
+        m.to_str().expect("utf-8"),
+        "--preprocess",
+        "64",
+    ]);
+    assert!(err.contains("WIDTHxHEIGHT"), "{err}");
+}

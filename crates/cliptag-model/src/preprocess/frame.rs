@@ -253,8 +253,27 @@ impl<'a> FrameRef<'a> {
         &self.planes[plane][start..]
     }
 
+    /// What converting this frame's rows to RGB needs, computed once per frame.
+    pub(crate) fn row_converter(&self) -> RowConverter {
+        RowConverter {
+            yuv: match self.format {
+                PixelFormat::I420 | PixelFormat::Nv12 => {
+                    Some(Box::new(YuvTables::new(self.colorimetry)))
+                }
+                _ => None,
+            },
+        }
+    }
+
     /// Writes pixels `x0..x1` of row `y` as packed RGB into `out` (`3 * (x1 - x0)` bytes).
-    pub(crate) fn row_to_rgb(&self, y: usize, x0: usize, x1: usize, out: &mut [u8]) {
+    pub(crate) fn row_to_rgb(
+        &self,
+        conv: &RowConverter,
+        y: usize,
+        x0: usize,
+        x1: usize,
+        out: &mut [u8],
+    ) {
         debug_assert!(x1 <= self.width && y < self.height && out.len() >= 3 * (x1 - x0));
         if let Some((bpp, [r, g, b])) = self.format.packed_layout() {
             let row = &self.row(0, y)[x0 * bpp..x1 * bpp];
@@ -272,42 +291,47 @@ impl<'a> FrameRef<'a> {
             }
             return;
         }
-        let luma = self.row(0, y);
-        let coeffs = YuvCoefficients::new(self.colorimetry);
+        let Some(tables) = conv.yuv.as_deref() else {
+            return;
+        };
+        let luma = &self.row(0, y)[x0..x1];
         let cy = y / 2;
         match self.format {
             PixelFormat::I420 => {
                 let u = self.row(1, cy);
                 let v = self.row(2, cy);
-                for (x, dst) in (x0..x1).zip(out.chunks_exact_mut(3)) {
-                    coeffs.convert(luma[x], u[x / 2], v[x / 2], dst);
+                for ((x, &l), dst) in (x0..x1).zip(luma).zip(out.chunks_exact_mut(3)) {
+                    tables.convert(l, u[x / 2], v[x / 2], dst);
                 }
             }
             PixelFormat::Nv12 => {
                 let uv = self.row(1, cy);
-                for (x, dst) in (x0..x1).zip(out.chunks_exact_mut(3)) {
+                for ((x, &l), dst) in (x0..x1).zip(luma).zip(out.chunks_exact_mut(3)) {
                     let c = (x / 2) * 2;
-                    coeffs.convert(luma[x], uv[c], uv[c + 1], dst);
+                    tables.convert(l, uv[c], uv[c + 1], dst);
                 }
             }
-            _ => unreachable!("packed formats returned above"),
+            _ => {}
         }
     }
 }
 
-/// YUV -> RGB in floating point, from the matrix's luma weights.
-#[derive(Debug, Clone, Copy)]
-struct YuvCoefficients {
-    y_offset: f32,
-    y_scale: f32,
-    c_scale: f32,
-    r_v: f32,
-    g_u: f32,
-    g_v: f32,
-    b_u: f32,
+/// Per-frame state of the row conversion: the YUV tables, for YUV frames.
+pub(crate) struct RowConverter {
+    yuv: Option<Box<YuvTables>>,
 }
 
-impl YuvCoefficients {
+/// YUV -> RGB as table lookups: every term of the matrix for every byte value, in fixed
+/// point with 16 fractional bits, from the matrix's luma weights.
+struct YuvTables {
+    y: [i32; 256],
+    r_v: [i32; 256],
+    g_u: [i32; 256],
+    g_v: [i32; 256],
+    b_u: [i32; 256],
+}
+
+impl YuvTables {
     fn new(c: Colorimetry) -> Self {
         let (kr, kb) = match c.matrix {
             YuvMatrix::Bt601 => (0.299, 0.114),
@@ -319,26 +343,33 @@ impl YuvCoefficients {
             YuvRange::Limited => (16.0, 255.0 / 219.0, 255.0 / 224.0),
             YuvRange::Full => (0.0, 1.0, 1.0),
         };
+        let fixed = |x: f64| (x * 65536.0).round() as i32;
+        let table = |f: &dyn Fn(f64) -> f64| {
+            let mut t = [0i32; 256];
+            for (i, v) in t.iter_mut().enumerate() {
+                *v = fixed(f(i as f64));
+            }
+            t
+        };
+        let chroma = |x: f64| (x - 128.0) * c_scale;
         Self {
-            y_offset,
-            y_scale,
-            c_scale,
-            r_v: 2.0 * (1.0 - kr),
-            g_u: -2.0 * kb * (1.0 - kb) / kg,
-            g_v: -2.0 * kr * (1.0 - kr) / kg,
-            b_u: 2.0 * (1.0 - kb),
+            // The rounding offset rides on the luma term.
+            y: table(&|x| (x - y_offset) * y_scale + 0.5),
+            r_v: table(&|v| 2.0 * (1.0 - kr) * chroma(v)),
+            g_u: table(&|u| -2.0 * kb * (1.0 - kb) / kg * chroma(u)),
+            g_v: table(&|v| -2.0 * kr * (1.0 - kr) / kg * chroma(v)),
+            b_u: table(&|u| 2.0 * (1.0 - kb) * chroma(u)),
         }
     }
 
     #[inline]
     fn convert(&self, y: u8, u: u8, v: u8, out: &mut [u8]) {
-        let y = (f32::from(y) - self.y_offset) * self.y_scale;
-        let u = (f32::from(u) - 128.0) * self.c_scale;
-        let v = (f32::from(v) - 128.0) * self.c_scale;
-        let clamp = |x: f32| (x + 0.5).clamp(0.0, 255.0) as u8;
-        out[0] = clamp(y + self.r_v * v);
-        out[1] = clamp(y + self.g_u * u + self.g_v * v);
-        out[2] = clamp(y + self.b_u * u);
+        let l = self.y[usize::from(y)];
+        let (u, v) = (usize::from(u), usize::from(v));
+        let byte = |x: i32| (x >> 16).clamp(0, 255) as u8;
+        out[0] = byte(l + self.r_v[v]);
+        out[1] = byte(l + self.g_u[u] + self.g_v[v]);
+        out[2] = byte(l + self.b_u[u]);
     }
 }
 

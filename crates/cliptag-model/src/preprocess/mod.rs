@@ -148,8 +148,15 @@ impl Preprocessor {
             let src_w = plan.src_cols.len();
             let mut row_rgb = vec![0u8; src_w * 3];
             let mut tmp = vec![0u8; plan.src_rows.len() * crop_w * 3];
+            let converter = frame.row_converter();
             for (i, y) in plan.src_rows.clone().enumerate() {
-                frame.row_to_rgb(y, plan.src_cols.start, plan.src_cols.end, &mut row_rgb);
+                frame.row_to_rgb(
+                    &converter,
+                    y,
+                    plan.src_cols.start,
+                    plan.src_cols.end,
+                    &mut row_rgb,
+                );
                 horizontal(
                     &row_rgb,
                     plan.src_cols.start,
