@@ -334,6 +334,11 @@ fn bad_input_is_one_clear_line_and_a_failure() {
         "a",
     ]);
     assert!(err.contains("/no/such.png"), "{err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "cause said twice: {err}"
+    );
     let garbage = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(garbage.path(), b"not an image").expect("write");
     let garbage = garbage.path().to_str().expect("utf-8").to_string();
