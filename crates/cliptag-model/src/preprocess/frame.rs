@@ -131,6 +131,17 @@ pub enum YuvMatrix {
     Bt2020,
 }
 
+impl YuvMatrix {
+    /// The red and blue luma weights `(Kr, Kb)`; green is `1 - Kr - Kb`.
+    fn luma_weights(self) -> (f64, f64) {
+        match self {
+            Self::Bt601 => (0.299, 0.114),
+            Self::Bt709 => (0.2126, 0.0722),
+            Self::Bt2020 => (0.2627, 0.0593),
+        }
+    }
+}
+
 /// The value range of a YUV frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum YuvRange {
@@ -333,11 +344,7 @@ struct YuvTables {
 
 impl YuvTables {
     fn new(c: Colorimetry) -> Self {
-        let (kr, kb) = match c.matrix {
-            YuvMatrix::Bt601 => (0.299, 0.114),
-            YuvMatrix::Bt709 => (0.2126, 0.0722),
-            YuvMatrix::Bt2020 => (0.2627, 0.0593),
-        };
+        let (kr, kb) = c.matrix.luma_weights();
         let kg = 1.0 - kr - kb;
         let (y_offset, y_scale, c_scale) = match c.range {
             YuvRange::Limited => (16.0, 255.0 / 219.0, 255.0 / 224.0),
@@ -376,11 +383,8 @@ impl YuvTables {
 /// RGB -> YUV with the same coefficients, for tests and for callers that need to produce
 /// YUV frames: returns `(y, u, v)` rounded to bytes.
 pub fn rgb_to_yuv(rgb: [u8; 3], colorimetry: Colorimetry) -> (u8, u8, u8) {
-    let (kr, kb) = match colorimetry.matrix {
-        YuvMatrix::Bt601 => (0.299f32, 0.114f32),
-        YuvMatrix::Bt709 => (0.2126, 0.0722),
-        YuvMatrix::Bt2020 => (0.2627, 0.0593),
-    };
+    let (kr, kb) = colorimetry.matrix.luma_weights();
+    let (kr, kb) = (kr as f32, kb as f32);
     let [r, g, b] = rgb.map(|c| f32::from(c) / 255.0);
     let y = kr * r + (1.0 - kr - kb) * g + kb * b;
     let u = (b - y) / (2.0 * (1.0 - kb));

@@ -75,28 +75,8 @@ impl Preprocessor {
 
     /// Computes where the output lies for a `width` x `height` source.
     pub fn plan(&self, width: usize, height: usize) -> Result<ResizePlan> {
-        if width == 0 || height == 0 {
-            return Err(ModelError::Frame(format!(
-                "{width}x{height} image is empty"
-            )));
-        }
         let cfg = &self.config;
-        let resized = if cfg.do_resize {
-            cfg.size.resized(width, height)
-        } else {
-            (width, height)
-        };
-        if resized.0 == 0 || resized.1 == 0 {
-            return Err(ModelError::Frame(format!(
-                "{width}x{height} image resizes to nothing ({}x{})",
-                resized.0, resized.1
-            )));
-        }
-        let output = if cfg.do_center_crop {
-            cfg.crop_size
-        } else {
-            resized
-        };
+        let (resized, output) = self.sizes(width, height)?;
         let offset = (
             crop_offset(resized.0, output.0),
             crop_offset(resized.1, output.1),
@@ -132,9 +112,37 @@ impl Preprocessor {
         })
     }
 
-    /// Output `(width, height)` for a `width` x `height` source.
+    /// Output `(width, height)` for a `width` x `height` source (without computing the
+    /// filter taps that `plan` computes).
     pub fn output_size(&self, width: usize, height: usize) -> Result<(usize, usize)> {
-        Ok(self.plan(width, height)?.output)
+        Ok(self.sizes(width, height)?.1)
+    }
+
+    /// The resized size and the output size of a `width` x `height` source.
+    fn sizes(&self, width: usize, height: usize) -> Result<((usize, usize), (usize, usize))> {
+        if width == 0 || height == 0 {
+            return Err(ModelError::Frame(format!(
+                "{width}x{height} image is empty"
+            )));
+        }
+        let cfg = &self.config;
+        let resized = if cfg.do_resize {
+            cfg.size.resized(width, height)
+        } else {
+            (width, height)
+        };
+        if resized.0 == 0 || resized.1 == 0 {
+            return Err(ModelError::Frame(format!(
+                "{width}x{height} image resizes to nothing ({}x{})",
+                resized.0, resized.1
+            )));
+        }
+        let output = if cfg.do_center_crop {
+            cfg.crop_size
+        } else {
+            resized
+        };
+        Ok((resized, output))
     }
 
     /// The resized and cropped frame as packed 8-bit RGB, row-major, before rescaling
