@@ -61,6 +61,23 @@ def bench_one(model, batch: int, size: int, warmup: int, iters: int | None, min_
     }
 
 
+def bench_text(model_dir: str, n: int, chunk: int = 128) -> dict:
+    """Seconds for get_text_features on n distinct prompts, tokenization included."""
+    from transformers import CLIPModel, CLIPTokenizerFast
+    model = CLIPModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = CLIPTokenizerFast.from_pretrained(model_dir)
+    prompts = [f"a photo of object {i} take 0" for i in range(n)]
+    with torch.inference_mode():
+        enc = tok(prompts[:chunk], padding=True, return_tensors="pt")
+        model.get_text_features(**enc)  # warm-up
+        start = time.perf_counter()
+        for i in range(0, n, chunk):
+            enc = tok(prompts[i:i + chunk], padding=True, return_tensors="pt")
+            model.get_text_features(**enc)
+        seconds = time.perf_counter() - start
+    return {"prompts": n, "seconds": seconds, "prompts_per_s": n / seconds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face CLIP model directory")
@@ -70,6 +87,8 @@ def main() -> None:
                     help="timed iterations per batch size (default: run for --min-seconds)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed iterations per batch size")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per batch size")
+    ap.add_argument("--text", type=int, default=0, metavar="N",
+                    help="also time get_text_features on N distinct prompts (tokenization included)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
 
@@ -92,6 +111,8 @@ def main() -> None:
         "image_size": size,
         "results": results,
     }
+    if args.text:
+        report["text"] = bench_text(args.model, args.text)
     if args.json:
         print(json.dumps(report))
     else:
@@ -99,6 +120,9 @@ def main() -> None:
         for r in results:
             print(f"batch {r['batch']:>4}: {r['images_per_s']:8.2f} img/s  {r['ms_per_batch']:9.2f} ms/batch"
                   f"  ({r['iters']} iters)")
+        if "text" in report:
+            t = report["text"]
+            print(f"text: {t['prompts']} prompts in {t['seconds']:.3f} s ({t['prompts_per_s']:.0f} prompts/s)")
     sys.stdout.flush()
 
 

@@ -681,8 +681,12 @@ def documented_preprocess(img: Image.Image, proc: CLIPImageProcessorPil) -> np.n
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def compute_references(model_dir: Path, photos: list[Path], tok: CLIPTokenizerFast, extra_meta: dict) -> None:
-    """Reload the saved model from disk and record the outputs of transformers."""
+def compute_references(model_dir: Path, photos: list[Path], tok: CLIPTokenizerFast, extra_meta: dict,
+                       ref_dir: Path | None = None, prompts: list[str] | None = None) -> None:
+    """Reload the saved model from disk and record the outputs of transformers in
+    ref_dir (default: the model directory)."""
+    ref_dir = ref_dir or model_dir
+    prompts = prompts or PROMPTS
     model = CLIPModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     proc = CLIPImageProcessorPil.from_pretrained(str(model_dir))
     images = load_images(photos)
@@ -705,9 +709,9 @@ def compute_references(model_dir: Path, photos: list[Path], tok: CLIPTokenizerFa
         pix.append(pv)
     pixel_values = torch.cat(pix, 0)
 
-    enc = tok(PROMPTS, padding="max_length", truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt")
+    enc = tok(prompts, padding="max_length", truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt")
     input_ids = enc["input_ids"].to(torch.int64)
-    assert input_ids.shape == (len(PROMPTS), CONTEXT_LENGTH)
+    assert input_ids.shape == (len(prompts), CONTEXT_LENGTH)
 
     with torch.inference_mode():
         image_embeds = as_tensor(model.get_image_features(pixel_values=pixel_values))
@@ -737,11 +741,11 @@ def compute_references(model_dir: Path, photos: list[Path], tok: CLIPTokenizerFa
         "text_pooled": text_pooled.float().contiguous(),
         "logits_per_image": logits_per_image.float().contiguous(),
     })
-    save_file({k: v.clone() for k, v in tensors.items()}, str(model_dir / "reference.safetensors"),
+    save_file({k: v.clone() for k, v in tensors.items()}, str(ref_dir / "reference.safetensors"),
               metadata={"format": "pt"})
     meta = {
         "photos": [p.name for p in photos],
-        "texts": PROMPTS,
+        "texts": prompts,
         "logit_scale": logit_scale,
         "text_eos_token_id": model.config.text_config.eos_token_id,
         "image_processor": "CLIPImageProcessorPil",
@@ -750,7 +754,7 @@ def compute_references(model_dir: Path, photos: list[Path], tok: CLIPTokenizerFa
         "torch_version": torch.__version__.split("+")[0],
     }
     meta.update(extra_meta)
-    write_json(model_dir / "reference.json", meta)
+    write_json(ref_dir / "reference.json", meta)
 
 
 def clean_model_dir(d: Path) -> None:
@@ -837,12 +841,28 @@ def build_full(which: str, out: Path, fixtures: Path) -> None:
     log(f"references {time.time() - t0:.1f}s")
 
 
+# Prompts for the bundled model's parity references: what it was trained to tell apart.
+BUNDLED_PROMPTS = ["a moving ball", "smpte color bars", "tv static", "a checkerboard", "a red circle",
+                   "two blue stars on a yellow background", "a solid green image", "a zone plate",
+                   "a photo of an astronaut", ""]
+
+
+def bundled_references(model_dir: Path, out: Path, fixtures: Path) -> None:
+    """transformers' outputs for the bundled model, from its files on disk."""
+    out.mkdir(parents=True, exist_ok=True)
+    photos = list_photos(fixtures / "photos")
+    tok = CLIPTokenizerFast.from_pretrained(str(model_dir))
+    compute_references(model_dir, photos, tok, {"model": str(model_dir)}, ref_dir=out, prompts=BUNDLED_PROMPTS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="output directory")
     ap.add_argument("--full", choices=sorted(FULL_MODELS), help="write one full-size random-weight model")
     ap.add_argument("--fixtures", type=Path, default=Path("crates/cliptag-model/tests/data"),
                     help="committed fixture dir (photos and tokenizer) used by --full")
+    ap.add_argument("--bundled", type=Path, metavar="MODEL_DIR",
+                    help="write transformers' references for this trained model (the bundled one) into --out")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = ap.parse_args()
 
@@ -853,7 +873,9 @@ def main() -> None:
     t0 = time.time()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if args.full:
+    if args.bundled:
+        bundled_references(args.bundled, out, args.fixtures)
+    elif args.full:
         build_full(args.full, out, args.fixtures)
     else:
         tok = build_tokenizer(out / "tokenizer")

@@ -25,6 +25,8 @@ enum Command {
     Preprocess(commands::preprocess::Args),
     /// Measure vision-tower throughput in images per second.
     Bench(commands::bench::Args),
+    /// Zero-shot top-1 accuracy over a labelled manifest of images.
+    Eval(commands::eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Preprocess(args) => commands::preprocess::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

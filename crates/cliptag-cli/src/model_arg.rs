@@ -9,8 +9,9 @@ use cliptag_model::{ClipModel, LoadOptions};
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json).
+    /// Without it, the bundled model cliptag-tiny.
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Device to run on: cpu, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -26,7 +27,9 @@ impl ModelArgs {
             device: cliptag_model::parse_device(&self.device)?,
             dtype: cliptag_model::parse_dtype(&self.dtype)?,
         };
-        ClipModel::load(&self.model, &options)
-            .with_context(|| format!("cannot load model {}", self.model.display()))
+        ClipModel::open(self.model.as_deref(), &options).with_context(|| match &self.model {
+            Some(dir) => format!("cannot load model {}", dir.display()),
+            None => "cannot load the bundled model".to_string(),
+        })
     }
 }

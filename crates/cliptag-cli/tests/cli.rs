@@ -416,3 +416,71 @@ fn bench_reports_throughput_and_preprocessing_as_json() {
     ]);
     assert!(err.contains("WIDTHxHEIGHT"), "{err}");
 }
+
+/// A frame of `videotestsrc pattern=ball` rendered by GStreamer (from the held-out set).
+fn ball_frame() -> PathBuf {
+    let dir = data().join("heldout");
+    let entries = std::fs::read_dir(&dir).expect("held-out set");
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pattern-ball-"))
+        })
+        .min()
+        .expect("a ball frame in the held-out set")
+}
+
+#[test]
+fn classify_with_the_bundled_model_ranks_the_ball_first() {
+    let frame = ball_frame();
+    let v = json_ok(&[
+        "classify",
+        "--image",
+        frame.to_str().expect("utf-8 path"),
+        "--labels",
+        "smpte color bars,tv static,a checkerboard,concentric circles,a moving ball,a pinwheel",
+        "--json",
+    ]);
+    let labels = v["labels"].as_array().expect("labels");
+    assert_eq!(labels[0]["label"], "a moving ball", "{v}");
+    let total: f64 = labels.iter().filter_map(|l| l["score"].as_f64()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "softmax sums to {total}");
+}
+
+#[test]
+fn eval_reports_every_task_of_a_manifest() {
+    let manifest = data().join("heldout/manifest.json");
+    let v = json_ok(&[
+        "eval",
+        "--manifest",
+        manifest.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    assert_eq!(v["model"], "cliptag-tiny (bundled)");
+    let tasks = v["tasks"].as_array().expect("tasks");
+    let names: Vec<&str> = tasks.iter().filter_map(|t| t["task"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["pattern", "colour", "shape_colour", "shape", "zero_shot"]
+    );
+    for t in tasks {
+        let (correct, total) = (t["correct"].as_u64(), t["total"].as_u64());
+        let misses = t["misses"].as_array().map(Vec::len);
+        assert_eq!(correct.zip(misses).map(|(c, m)| c + m as u64), total, "{t}");
+    }
+}
+
+#[test]
+fn eval_names_a_missing_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("m.json");
+    std::fs::write(
+        &manifest,
+        r#"{"tasks": [{"name": "t", "prompts": ["a", "b"], "items": [{"file": "gone.png", "answer": 0}]}]}"#,
+    )
+    .expect("write manifest");
+    let err = fails(&["eval", "--manifest", manifest.to_str().expect("utf-8")]);
+    assert!(err.contains("gone.png"), "{err}");
+}

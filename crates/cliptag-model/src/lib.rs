@@ -14,6 +14,9 @@
 //!
 //! Nothing here knows about GStreamer or gRPC.
 
+pub mod accuracy;
+#[cfg(feature = "bundled")]
+pub mod bundled;
 mod clip;
 pub mod config;
 mod error;
@@ -26,7 +29,7 @@ pub mod tokenizer;
 mod vision;
 pub mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -108,14 +111,22 @@ pub struct ClipModel {
     pub tokenizer: ClipTokenizer,
     /// The image preprocessor.
     pub preprocessor: Preprocessor,
-    /// The directory it was loaded from.
-    pub dir: PathBuf,
+    /// Where it came from: the directory, or the bundled model's name.
+    pub source: String,
 }
 
 /// Probabilities of every label for one image, in the order the labels were given.
 pub type LabelScores = Vec<f32>;
 
 impl ClipModel {
+    /// Loads the model in `dir`, or the bundled model when `dir` is `None`.
+    pub fn open(dir: Option<&Path>, options: &LoadOptions) -> Result<Self> {
+        match dir {
+            Some(dir) => Self::load(dir, options),
+            None => Self::bundled(options),
+        }
+    }
+
     /// Loads a Hugging Face CLIP directory: `config.json`, `model.safetensors` (or
     /// shards), `tokenizer.json` (or `vocab.json` + `merges.txt`) and, when present,
     /// `preprocessor_config.json`.
@@ -129,23 +140,80 @@ impl ClipModel {
         let network = Clip::from_dir(dir, options.dtype, &options.device)?;
         let config = network.config();
         let tokenizer = ClipTokenizer::from_dir(dir, config.text.max_position_embeddings)?;
-        if tokenizer.vocab_size() > config.text.vocab_size {
+        let preprocessor =
+            Preprocessor::new(PreprocessConfig::from_dir(dir, config.vision.image_size)?);
+        Self::assemble(
+            network,
+            tokenizer,
+            preprocessor,
+            dir,
+            dir.display().to_string(),
+        )
+    }
+
+    /// Loads the bundled model, `cliptag-tiny`, from the bytes compiled into this binary.
+    #[cfg(feature = "bundled")]
+    pub fn bundled(options: &LoadOptions) -> Result<Self> {
+        let dir = Path::new(bundled::DIR);
+        let config = ClipConfig::from_json_str(bundled::CONFIG)
+            .map_err(|reason| ModelError::config(dir.join("config.json"), reason))?;
+        let weights = weights::Weights::from_static(
+            &dir.join(weights::SINGLE_FILE),
+            bundled::WEIGHTS,
+            options.dtype,
+            &options.device,
+        )?;
+        let network = Clip::load(&config, &weights)?;
+        let tokenizer = ClipTokenizer::from_tokenizer_json_bytes(
+            bundled::TOKENIZER,
+            config.text.max_position_embeddings,
+            &dir.join("tokenizer.json"),
+        )?;
+        let preprocess =
+            PreprocessConfig::from_json_str(bundled::PREPROCESSOR, config.vision.image_size)
+                .map_err(|reason| {
+                    ModelError::config(dir.join("preprocessor_config.json"), reason)
+                })?;
+        let source = format!("{} (bundled)", bundled::NAME);
+        Self::assemble(
+            network,
+            tokenizer,
+            Preprocessor::new(preprocess),
+            dir,
+            source,
+        )
+    }
+
+    /// Without the `bundled` feature there is no model to fall back on.
+    #[cfg(not(feature = "bundled"))]
+    pub fn bundled(_options: &LoadOptions) -> Result<Self> {
+        Err(ModelError::Input(
+            "this build has no bundled model (built without the `bundled` feature): name a model directory".into(),
+        ))
+    }
+
+    fn assemble(
+        network: Clip,
+        tokenizer: ClipTokenizer,
+        preprocessor: Preprocessor,
+        dir: &Path,
+        source: String,
+    ) -> Result<Self> {
+        let vocab = network.config().text.vocab_size;
+        if tokenizer.vocab_size() > vocab {
             return Err(ModelError::Tokenizer {
                 path: dir.to_path_buf(),
                 reason: format!(
-                    "the tokenizer has {} tokens, the text tower only {}",
+                    "the tokenizer has {} tokens, the text tower only {vocab}",
                     tokenizer.vocab_size(),
-                    config.text.vocab_size
                 ),
             });
         }
-        let preprocessor =
-            Preprocessor::new(PreprocessConfig::from_dir(dir, config.vision.image_size)?);
         Ok(Self {
             network,
             tokenizer,
             preprocessor,
-            dir: dir.to_path_buf(),
+            source,
         })
     }
 

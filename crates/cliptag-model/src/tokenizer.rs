@@ -76,7 +76,16 @@ impl ClipTokenizer {
     /// Loads a `tokenizer.json` written by `transformers` or `tokenizers`.
     pub fn from_tokenizer_json(path: &Path, context_length: usize) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
+        Self::from_tokenizer_json_bytes(&bytes, context_length, path)
+    }
+
+    /// Parses the contents of a `tokenizer.json`; `path` names it in error messages.
+    pub fn from_tokenizer_json_bytes(
+        bytes: &[u8],
+        context_length: usize,
+        path: &Path,
+    ) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;

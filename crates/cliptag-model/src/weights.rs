@@ -19,10 +19,28 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// Name of the shard index of a sharded checkpoint.
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 
+/// The bytes of one safetensors file: mapped from disk, or compiled into the binary.
+enum FileBytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Static(b) => b,
+        }
+    }
+}
+
 struct MappedFile {
+    /// The file's path, or the name errors use for bytes that have no path.
     path: PathBuf,
-    mmap: Mmap,
-    /// Tensor name -> (stored type, shape, byte range inside `mmap`).
+    bytes: FileBytes,
+    /// Tensor name -> (stored type, shape, byte range inside `bytes`).
     tensors: HashMap<String, (StDtype, Vec<usize>, std::ops::Range<usize>)>,
 }
 
@@ -66,6 +84,24 @@ impl Weights {
         }
         Ok(Self {
             files,
+            owner,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Opens a checkpoint held in memory for the life of the program (a model compiled
+    /// into the binary); `name` stands for the file in error messages.
+    pub fn from_static(
+        name: &Path,
+        bytes: &'static [u8],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let file = index_file(name, FileBytes::Static(bytes))?;
+        let owner = file.tensors.keys().map(|k| (k.clone(), 0)).collect();
+        Ok(Self {
+            files: vec![file],
             owner,
             dtype,
             device: device.clone(),
@@ -129,7 +165,7 @@ impl Weights {
                 });
             }
         };
-        let bytes = &file.mmap[range.clone()];
+        let bytes = &file.bytes[range.clone()];
         let tensor = Tensor::from_raw_buffer(bytes, source, shape, &Device::Cpu)?;
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
     }
@@ -142,13 +178,18 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     // price of not copying hundreds of megabytes at load time, and the same contract as
     // every other safetensors loader.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    let parsed = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Weights {
+    index_file(path, FileBytes::Mapped(mmap))
+}
+
+/// Parses a safetensors header once and records where each tensor's bytes are.
+fn index_file(path: &Path, bytes: FileBytes) -> Result<MappedFile> {
+    let parsed = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     // `deserialize` has checked that the data offsets fit the file; keep each tensor's
     // byte range relative to the mapping so that later reads need no second parse.
-    let base = mmap.as_ptr() as usize;
+    let base = bytes.as_ptr() as usize;
     let mut tensors = HashMap::new();
     for (name, view) in parsed.iter() {
         let start = view.data().as_ptr() as usize - base;
@@ -173,7 +214,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     drop(parsed);
     Ok(MappedFile {
         path: path.to_path_buf(),
-        mmap,
+        bytes,
         tensors,
     })
 }

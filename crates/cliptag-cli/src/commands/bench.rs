@@ -1,4 +1,5 @@
-//! `cliptag bench`: vision-tower throughput on random pixel values.
+//! `cliptag bench`: vision-tower throughput on random pixel values, and optionally
+//! preprocessing and the engine end to end.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,16 @@ pub struct Args {
     /// BGRx, NV12 and I420, one thread, in milliseconds per frame.
     #[arg(long, value_name = "WxH")]
     preprocess: Option<String>,
+    /// Also measure the engine end to end from raw frames of this size (e.g. 1280x720),
+    /// in I420 and RGB, at each batch size: preprocessing, inference and scoring.
+    #[arg(long, value_name = "WxH")]
+    engine: Option<String>,
+    /// Labels the engine scores every frame against.
+    #[arg(long, default_value_t = 100)]
+    labels: usize,
+    /// Prompts in each label update while frames flow.
+    #[arg(long, default_value_t = 1000)]
+    update_prompts: usize,
 }
 
 fn parse_size(size: &str) -> Result<(usize, usize)> {
@@ -98,7 +109,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(size) = &args.preprocess {
         parse_size(size)?;
     }
-    let model = args.model.load()?;
+    let engine_size = args.engine.as_deref().map(parse_size).transpose()?;
+    let model = std::sync::Arc::new(args.model.load()?);
     let net = &model.network;
     let s = net.image_size();
     let threads = candle_core::utils::get_num_threads();
@@ -141,6 +153,18 @@ pub fn run(args: Args) -> Result<()> {
             preprocessing.push(json!({"size": size, "format": format, "ms_per_frame": ms}));
         }
     }
+    let engine = match engine_size {
+        Some(size) => super::bench_engine::run(
+            model.clone(),
+            size,
+            &args.batch,
+            args.labels,
+            args.update_prompts,
+            args.seconds,
+            !args.json,
+        )?,
+        None => serde_json::Value::Null,
+    };
     if args.json {
         println!(
             "{}",
@@ -151,6 +175,7 @@ pub fn run(args: Args) -> Result<()> {
                 "threads": threads,
                 "results": results,
                 "preprocessing": preprocessing,
+                "end_to_end": engine,
             })
         );
     }

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_engine;
 pub mod classify;
 pub mod embed;
+pub mod eval;
 pub mod preprocess;
