@@ -446,7 +446,7 @@ fn label_swaps_are_atomic_under_load() {
 #[test]
 fn a_lagging_observer_is_told_what_it_missed_while_others_miss_nothing() {
     let config = EngineConfig {
-        observer_buffer: 8,
+        observer_buffer: 16,
         max_batch: 4,
         ..EngineConfig::default()
     };
@@ -455,7 +455,7 @@ fn a_lagging_observer_is_told_what_it_missed_while_others_miss_nothing() {
     let mut fast = engine.subscribe();
     let reader = std::thread::spawn(move || {
         let mut seen = Vec::new();
-        while seen.len() < 40 {
+        while seen.len() < 60 {
             match fast.recv_timeout(WAIT) {
                 Some(Received::Item(r)) => seen.push(r.frame),
                 other => panic!("fast observer got {other:?}"),
@@ -466,22 +466,22 @@ fn a_lagging_observer_is_told_what_it_missed_while_others_miss_nothing() {
     let stream = engine
         .attach("s", StreamConfig::default(), |_c: Completion| {})
         .expect("attach");
-    for _ in 0..40 {
-        // Paced so that the fast reader keeps up with a buffer of 8.
+    for _ in 0..60 {
+        // Paced so that the fast reader keeps up with a buffer of 16 (four batches).
         stream
             .submit(ball(), FrameTiming::default())
             .expect("submit");
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(stream.drain(WAIT));
-    assert_eq!(reader.join().expect("reader"), (0..40).collect::<Vec<_>>());
-    assert!(matches!(slow.try_recv(), Some(Received::Lagged(32))));
+    assert_eq!(reader.join().expect("reader"), (0..60).collect::<Vec<_>>());
+    assert!(matches!(slow.try_recv(), Some(Received::Lagged(44))));
     let rest: Vec<u64> = std::iter::from_fn(|| match slow.try_recv() {
         Some(Received::Item(r)) => Some(r.frame),
         _ => None,
     })
     .collect();
-    assert_eq!(rest, (32..40).collect::<Vec<_>>());
+    assert_eq!(rest, (44..60).collect::<Vec<_>>());
 }
 
 #[test]
