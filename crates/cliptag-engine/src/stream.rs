@@ -89,6 +89,27 @@ enum Slot {
     Carry(FrameTiming, Box<dyn VideoFrame>),
 }
 
+/// Numbers a new frame and decides whether the interval makes it due for inference.
+fn admit(st: &mut SeqState, counters: &Counters, interval: u32) -> (u64, bool) {
+    let frame_no = st.next_frame;
+    st.next_frame += 1;
+    Counters::add(&counters.frames_in, 1);
+    let due = st.since_inferred == 0 || st.since_inferred >= u64::from(interval);
+    (frame_no, due)
+}
+
+impl Job {
+    fn new(frame_no: u64, epoch: u64, frame: Box<dyn VideoFrame>, timing: FrameTiming) -> Self {
+        Self {
+            frame_no,
+            epoch,
+            frame,
+            timing,
+            submitted: Instant::now(),
+        }
+    }
+}
+
 struct SeqState {
     next_frame: u64,
     next_emit: u64,
@@ -207,11 +228,8 @@ impl StreamShared {
         if self.closed.load(Ordering::Acquire) {
             return Err(EngineError::Closed);
         }
-        let frame_no = st.next_frame;
-        st.next_frame += 1;
-        Counters::add(&self.counters.frames_in, 1);
-        let infer = st.since_inferred == 0 || st.since_inferred >= u64::from(config.interval);
-        if !infer {
+        let (frame_no, due) = admit(&mut st, &self.counters, config.interval);
+        if !due {
             st.since_inferred += 1;
             st.slots.insert(frame_no, Slot::Carry(timing, frame));
             Counters::add(&self.counters.skipped, 1);
@@ -220,13 +238,7 @@ impl StreamShared {
         }
         st.since_inferred = 1;
         st.slots.insert(frame_no, Slot::Waiting);
-        let job = Job {
-            frame_no,
-            epoch: st.epoch,
-            frame,
-            timing,
-            submitted: Instant::now(),
-        };
+        let job = Job::new(frame_no, st.epoch, frame, timing);
         drop(st);
         let refused = match config.overload {
             Overload::Skip => match self.tx.try_send(job) {
@@ -278,24 +290,17 @@ impl StreamShared {
             return Err(EngineError::Closed);
         }
         let mut st = self.lock();
-        let frame_no = st.next_frame;
-        st.next_frame += 1;
-        Counters::add(&self.counters.frames_in, 1);
-        let due = st.since_inferred == 0 || st.since_inferred >= u64::from(config.interval);
+        let (frame_no, due) = admit(&mut st, &self.counters, config.interval);
         let room = st.slots.len() + st.outbox.len() < config.max_pending;
         if !due || !room {
             st.since_inferred += 1;
             Counters::add(&self.counters.skipped, 1);
             return Ok(frame_no);
         }
-        let job = Job {
-            frame_no,
-            epoch: st.epoch,
-            frame,
-            timing,
-            submitted: Instant::now(),
-        };
-        match self.tx.try_send(job) {
+        match self
+            .tx
+            .try_send(Job::new(frame_no, st.epoch, frame, timing))
+        {
             Ok(()) => {
                 st.since_inferred = 1;
                 st.slots.insert(frame_no, Slot::Waiting);
@@ -330,7 +335,7 @@ impl StreamShared {
         set_id: &str,
         batch: usize,
     ) {
-        let smoothing = self.settings().smoothing;
+        let config = self.settings();
         let mut st = self.lock();
         if job.epoch != st.epoch || !st.slots.contains_key(&job.frame_no) {
             Counters::add(&self.counters.dropped, 1);
@@ -339,7 +344,7 @@ impl StreamShared {
         let latency = job.submitted.elapsed();
         let (labels, events, version) = match set {
             Some(set) => {
-                let scored = st.tracker.score(set, embedding, smoothing);
+                let scored = st.tracker.score(set, embedding, config.smoothing);
                 (scored.labels, scored.events, set.version())
             }
             None => (Vec::new(), Vec::new(), 0),
@@ -359,7 +364,7 @@ impl StreamShared {
         });
         self.counters.record_inference(latency, batch);
         st.latest = Some(result.clone());
-        if self.settings().ordered {
+        if config.ordered {
             st.slots.insert(job.frame_no, Slot::Done(result, job.frame));
         } else {
             st.slots.remove(&job.frame_no);

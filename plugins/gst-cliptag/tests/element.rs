@@ -101,6 +101,22 @@ fn run_with(description: &str, during: impl Fn(&gst::Pipeline)) -> Vec<Option<Ta
     tags.lock().expect("tags").clone()
 }
 
+/// Waits for a pipeline's EOS; fails on an error message or after a minute.
+fn wait_for_eos(pipeline: &impl IsA<gst::Element>) {
+    let bus = pipeline.bus().expect("bus");
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    assert!(
+        matches!(
+            msg.as_ref().map(|m| m.view()),
+            Some(gst::MessageView::Eos(_))
+        ),
+        "{msg:?}"
+    );
+}
+
 fn top_share(tags: &[Option<Tags>], want: &str) -> f64 {
     let hits = tags
         .iter()
@@ -159,18 +175,7 @@ fn an_encoded_file_decodes_and_tags() {
     init();
     let pipeline = gst::parse::launch(&encode).expect("encoder pipeline");
     pipeline.set_state(gst::State::Playing).expect("playing");
-    let bus = pipeline.bus().expect("bus");
-    let done = bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    assert!(
-        matches!(
-            done.as_ref().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "{done:?}"
-    );
+    wait_for_eos(&pipeline);
     pipeline.set_state(gst::State::Null).expect("null");
     let tags = run(&format!(
         "filesrc location={} ! decodebin ! cliptag labels=\"{}\" ! appsink name=out sync=false",
@@ -264,18 +269,7 @@ fn two_pipelines_with_one_engine_id_batch_together() {
     a.set_state(gst::State::Playing).expect("a");
     b.set_state(gst::State::Playing).expect("b");
     for p in [&a, &b] {
-        let bus = p.bus().expect("bus");
-        let msg = bus.timed_pop_filtered(
-            gst::ClockTime::from_seconds(60),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        );
-        assert!(
-            matches!(
-                msg.as_ref().map(|m| m.view()),
-                Some(gst::MessageView::Eos(_))
-            ),
-            "{msg:?}"
-        );
+        wait_for_eos(p);
     }
     let stats = a
         .by_name("a")
@@ -333,18 +327,7 @@ fn a_live_source_faster_than_the_model_keeps_its_rate_under_skip() {
     .expect("a pipeline");
     let started = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("playing");
-    let bus = pipeline.bus().expect("bus");
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    assert!(
-        matches!(
-            msg.as_ref().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "{msg:?}"
-    );
+    wait_for_eos(&pipeline);
     let elapsed = started.elapsed();
     let stats = pipeline
         .by_name("tag")

@@ -123,6 +123,16 @@ fn throughput(
     Ok((frames as f64 / elapsed, (busy / elapsed).min(1.0)))
 }
 
+/// An engine batching up to `batch` frames, waiting up to 50 ms to fill a batch.
+fn engine_at(model: &Arc<ClipModel>, batch: usize) -> Result<Arc<Engine>> {
+    let config = EngineConfig {
+        max_batch: batch,
+        max_latency: Duration::from_millis(50),
+        ..EngineConfig::default()
+    };
+    Ok(Engine::with_model(model.clone(), config)?)
+}
+
 /// Runs the engine benchmarks and returns their JSON.
 pub fn run(
     model: Arc<ClipModel>,
@@ -136,12 +146,7 @@ pub fn run(
     let names = prompts(labels, "in the scene");
     let mut frames = Vec::new();
     for &batch in batches {
-        let config = EngineConfig {
-            max_batch: batch,
-            max_latency: Duration::from_millis(50),
-            ..EngineConfig::default()
-        };
-        let engine = Engine::with_model(model.clone(), config)?;
+        let engine = engine_at(&model, batch)?;
         engine.set_labels("bench", LabelSetSpec::from_names(&names), None)?;
         for format in [PixelFormat::I420, PixelFormat::Rgb] {
             let frame = SharedFrame::new(format, size.0, size.1);
@@ -165,12 +170,7 @@ pub fn run(
     // Label updates: encoding alone, then frames while sets of fresh prompts keep
     // replacing the running one.
     let batch = batches.iter().copied().max().unwrap_or(8);
-    let config = EngineConfig {
-        max_batch: batch,
-        max_latency: Duration::from_millis(50),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::with_model(model.clone(), config)?;
+    let engine = engine_at(&model, batch)?;
     engine.set_labels("bench", LabelSetSpec::from_names(&names), None)?;
     let fresh = AtomicU64::new(0);
     let update = || -> Result<()> {
