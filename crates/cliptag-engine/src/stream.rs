@@ -124,6 +124,15 @@ struct SeqState {
     since_inferred: u64,
     outbox: VecDeque<Completion>,
     delivering: bool,
+    /// A completion is in the result callback right now (its frame is still alive).
+    in_hand: bool,
+}
+
+impl SeqState {
+    /// Frames submitted and not yet handed back: the pending window.
+    fn undelivered(&self) -> usize {
+        self.slots.len() + self.outbox.len() + usize::from(self.in_hand)
+    }
 }
 
 pub(crate) struct StreamShared {
@@ -167,6 +176,7 @@ impl StreamShared {
                 since_inferred: 0,
                 outbox: VecDeque::new(),
                 delivering: false,
+                in_hand: false,
             }),
             progress: Condvar::new(),
             counters: Counters::default(),
@@ -215,7 +225,7 @@ impl StreamShared {
             return self.submit_unordered(frame, timing, &config);
         }
         let mut st = self.lock();
-        while st.slots.len() + st.outbox.len() >= config.max_pending {
+        while st.undelivered() >= config.max_pending {
             if self.closed.load(Ordering::Acquire) {
                 return Err(EngineError::Closed);
             }
@@ -291,7 +301,7 @@ impl StreamShared {
         }
         let mut st = self.lock();
         let (frame_no, due) = admit(&mut st, &self.counters, config.interval);
-        let room = st.slots.len() + st.outbox.len() < config.max_pending;
+        let room = st.undelivered() < config.max_pending;
         if !due || !room {
             st.since_inferred += 1;
             Counters::add(&self.counters.skipped, 1);
@@ -423,10 +433,13 @@ impl StreamShared {
         }
         st.delivering = true;
         while let Some(completion) = st.outbox.pop_front() {
+            st.in_hand = true;
             drop(st);
             self.results.publish(completion.result.clone());
             (self.on_result)(completion);
             st = self.lock();
+            st.in_hand = false;
+            self.progress.notify_all();
         }
         st.delivering = false;
         drop(st);
@@ -487,7 +500,7 @@ impl StreamShared {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         loop {
-            if st.slots.is_empty() && st.outbox.is_empty() && !st.delivering {
+            if st.undelivered() == 0 && !st.delivering {
                 return true;
             }
             let now = Instant::now();
@@ -509,7 +522,7 @@ impl StreamShared {
     pub(crate) fn stats(&self) -> StreamStats {
         let pending = {
             let st = self.lock();
-            st.slots.len() + st.outbox.len()
+            st.undelivered()
         };
         self.counters.snapshot(self.rx.len(), pending)
     }
