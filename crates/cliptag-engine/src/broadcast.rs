@@ -140,6 +140,16 @@ impl<T: Clone> Subscription<T> {
         take(&mut self.next, &ring)
     }
 
+    /// Items published and not yet read (at most the capacity; more were lost).
+    pub fn pending(&self) -> u64 {
+        let ring = self
+            .shared
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (ring.first + ring.items.len() as u64).saturating_sub(self.next.max(ring.first))
+    }
+
     /// The next item, waiting at most `timeout`; `None` on timeout.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Received<T>> {
         let deadline = Instant::now() + timeout;

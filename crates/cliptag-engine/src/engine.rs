@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::frame::{FrameTiming, VideoFrame};
 use crate::label_set::{LabelSet, TextEncoder};
 use crate::labels::{LabelError, LabelSetSpec};
-use crate::results::{Completion, FrameResult};
+use crate::results::{Completion, FrameResult, LabelScore};
 use crate::stats::StreamStats;
 use crate::stream::{ResultCallback, StreamConfig, StreamShared};
 use crate::worker;
@@ -369,6 +369,41 @@ impl Engine {
         model.network.image_features(&pixels)?;
         model.network.device().synchronize()?;
         Ok(start.elapsed())
+    }
+
+    /// Builds a label set that is not registered under any id (version 0), through the
+    /// same checks and prompt cache as [`Engine::set_labels`]: for one-off scoring with
+    /// [`Engine::classify`].
+    pub fn compile_labels(&self, spec: LabelSetSpec) -> Result<LabelSet> {
+        self.inner.encoder.compile(Arc::from(""), 0, spec)
+    }
+
+    /// Scores one still image against `labels` on the calling thread (not through the
+    /// worker, so it does not wait for a batch): the set's top-k labels, best first,
+    /// without smoothing or pooling.
+    pub fn classify(
+        &self,
+        image: cliptag_model::preprocess::FrameRef<'_>,
+        labels: &LabelSet,
+    ) -> Result<Vec<LabelScore>> {
+        let embedding = self.inner.model.embed_frames(&[image])?;
+        let embedding = cliptag_model::l2_normalize(&embedding)?
+            .to_dtype(cliptag_model::candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let scores = labels.scores(&labels.cosines(&embedding));
+        let mut ranked: Vec<LabelScore> = labels
+            .names()
+            .iter()
+            .zip(scores)
+            .map(|(label, score)| LabelScore {
+                label: label.clone(),
+                score,
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        ranked.truncate(labels.spec().top_k);
+        Ok(ranked)
     }
 
     /// Engine-wide counters.

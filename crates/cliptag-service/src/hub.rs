@@ -1,0 +1,148 @@
+//! The engines of this process that the service serves.
+//!
+//! Every `cliptag` element registers its engine here when it starts and unregisters it
+//! when it stops, so every server of the process sees every stream, whichever element
+//! started the server. The hub also turns "an engine published a result" into a tokio
+//! wake-up for the detection subscribers, without ever waiting on them.
+
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+use cliptag_engine::{Engine, StreamInfo};
+use tokio::sync::watch;
+
+struct Entry {
+    engine: Arc<Engine>,
+    /// Registrations of this engine (elements sharing one engine register it once each).
+    count: usize,
+    listener: u64,
+}
+
+/// The process-wide registry of engines served over gRPC.
+pub struct Hub {
+    entries: Mutex<Vec<Entry>>,
+    /// Bumped on every result of every engine and on every registration change.
+    activity: watch::Sender<u64>,
+    /// Bumped when the set of engines changes.
+    membership: watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
+    entries: Mutex::new(Vec::new()),
+    activity: watch::channel(0).0,
+    membership: watch::channel(0).0,
+});
+
+/// The hub of this process.
+pub fn hub() -> &'static Hub {
+    &HUB
+}
+
+/// Keeps an engine served until dropped.
+#[must_use = "the engine is unregistered when the registration is dropped"]
+pub struct Registration {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("model", &self.engine.model().source)
+            .finish()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        hub().unregister(&self.engine);
+    }
+}
+
+impl Hub {
+    /// Serves `engine`'s streams until the registration is dropped. Registering one
+    /// engine several times is fine; it stays until the last registration goes.
+    pub fn register(&self, engine: &Arc<Engine>) -> Registration {
+        let mut entries = lock(&self.entries);
+        match entries.iter_mut().find(|e| Arc::ptr_eq(&e.engine, engine)) {
+            Some(entry) => entry.count += 1,
+            None => {
+                let listener = engine.add_listener(|| bump(&hub().activity));
+                entries.push(Entry {
+                    engine: engine.clone(),
+                    count: 1,
+                    listener,
+                });
+            }
+        }
+        drop(entries);
+        bump(&self.membership);
+        bump(&self.activity);
+        Registration {
+            engine: engine.clone(),
+        }
+    }
+
+    fn unregister(&self, engine: &Arc<Engine>) {
+        let mut entries = lock(&self.entries);
+        if let Some(i) = entries.iter().position(|e| Arc::ptr_eq(&e.engine, engine)) {
+            entries[i].count -= 1;
+            if entries[i].count == 0 {
+                let entry = entries.remove(i);
+                entry.engine.remove_listener(entry.listener);
+            }
+        }
+        drop(entries);
+        bump(&self.membership);
+        bump(&self.activity);
+    }
+
+    /// The registered engines, oldest first.
+    pub fn engines(&self) -> Vec<Arc<Engine>> {
+        lock(&self.entries)
+            .iter()
+            .map(|e| e.engine.clone())
+            .collect()
+    }
+
+    /// Every stream of every registered engine, sorted by id.
+    pub fn streams(&self) -> Vec<(Arc<Engine>, StreamInfo)> {
+        let mut streams: Vec<_> = self
+            .engines()
+            .into_iter()
+            .flat_map(|engine| {
+                engine
+                    .streams()
+                    .into_iter()
+                    .map(move |s| (engine.clone(), s))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        streams.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        streams
+    }
+
+    /// The stream `id` and its engine.
+    pub fn stream(&self, id: &str) -> Option<(Arc<Engine>, StreamInfo)> {
+        self.engines().into_iter().find_map(|engine| {
+            let info = engine.streams().into_iter().find(|s| s.id == id)?;
+            Some((engine, info))
+        })
+    }
+
+    /// Changes on every result and every registration: for waking subscribers.
+    pub(crate) fn activity(&self) -> watch::Receiver<u64> {
+        self.activity.subscribe()
+    }
+
+    /// Changes when engines come or go.
+    pub(crate) fn membership(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
+    }
+}
