@@ -59,6 +59,10 @@ struct State {
     input: Option<Input>,
     segment: Option<gst::FormattedSegment<gst::ClockTime>>,
     out: Option<(Sender<Item>, Receiver<Item>)>,
+    /// Keeps the engine visible to the process's gRPC servers.
+    registration: Option<cliptag_service::Registration>,
+    /// The server `grpc-address` names.
+    server: Option<Arc<cliptag_service::Server>>,
 }
 
 pub struct Cliptag {
@@ -126,8 +130,24 @@ impl Cliptag {
             "model {} ready; adds {latency} in sync mode",
             engine.model().source
         );
+        let server = settings
+            .server_config()
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?
+            .map(|config| {
+                let server = cliptag_service::Server::shared(config).map_err(|e| {
+                    gst::error_msg!(
+                        gst::ResourceError::OpenReadWrite,
+                        ["cannot serve gRPC on {}: {e}", settings.grpc_address]
+                    )
+                })?;
+                gst::info!(CAT, imp = self, "gRPC on {}", server.local_addr());
+                Ok::<_, gst::ErrorMessage>(server)
+            })
+            .transpose()?;
         let mut state = lock(&self.state);
         state.model_name = engine.model().source.clone();
+        state.registration = Some(cliptag_service::hub().register(&engine));
+        state.server = server;
         state.engine = Some(engine);
         state.label_set = label_set;
         state.latency = latency;
@@ -183,8 +203,19 @@ impl Cliptag {
     }
 
     fn stop(&self) {
-        let mut state = lock(&self.state);
-        state.engine = None;
+        let (server, registration, engine) = {
+            let mut state = lock(&self.state);
+            (
+                state.server.take(),
+                state.registration.take(),
+                state.engine.take(),
+            )
+        };
+        // Detection streams end first, then the stream leaves the service, then the
+        // engine goes (stopping a server waits for its clients: not under the lock).
+        drop(server);
+        drop(registration);
+        drop(engine);
     }
 
     fn start_task(&self, rx: Receiver<Item>) -> Result<(), glib::BoolError> {
@@ -706,6 +737,19 @@ impl ObjectImpl for Cliptag {
                         .unwrap_or_default()
                 }
                 "post-messages" => s.post_messages = value.get().unwrap_or(false),
+                "grpc-address" | "grpc-token" | "grpc-tls-cert" | "grpc-tls-key" => {
+                    let text = value
+                        .get::<Option<String>>()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    match name {
+                        "grpc-address" => s.grpc_address = text,
+                        "grpc-token" => s.grpc_token = text,
+                        "grpc-tls-cert" => s.grpc_tls_cert = text,
+                        _ => s.grpc_tls_key = text,
+                    }
+                }
                 other => gst::warning!(CAT, imp = self, "unknown property {other}"),
             }
         }
@@ -738,6 +782,10 @@ impl ObjectImpl for Cliptag {
             "stream-id" => s.stream_id.to_value(),
             "engine-id" => s.engine_id.to_value(),
             "post-messages" => s.post_messages.to_value(),
+            "grpc-address" => s.grpc_address.to_value(),
+            "grpc-token" => s.grpc_token.to_value(),
+            "grpc-tls-cert" => s.grpc_tls_cert.to_value(),
+            "grpc-tls-key" => s.grpc_tls_key.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()

@@ -9,6 +9,7 @@ use cliptag_engine::{
     EngineConfig, LabelSetSpec, Overload as EngineOverload, Scoring as EngineScoring, Smoothing,
     StreamConfig,
 };
+use cliptag_service::{ServerConfig, TlsFiles};
 use gst::glib;
 use gst::prelude::*;
 
@@ -86,6 +87,10 @@ pub struct Settings {
     pub stream_id: String,
     pub engine_id: String,
     pub post_messages: bool,
+    pub grpc_address: String,
+    pub grpc_token: String,
+    pub grpc_tls_cert: String,
+    pub grpc_tls_key: String,
 }
 
 pub const DEFAULT_LABELS: &str = "smpte color bars,tv static,a moving ball,a checkerboard";
@@ -110,6 +115,10 @@ impl Default for Settings {
             stream_id: String::new(),
             engine_id: String::new(),
             post_messages: false,
+            grpc_address: String::new(),
+            grpc_token: String::new(),
+            grpc_tls_cert: String::new(),
+            grpc_tls_key: String::new(),
         }
     }
 }
@@ -146,6 +155,26 @@ impl Settings {
             max_latency: Duration::from_millis(u64::from(self.max_latency_ms)),
             ..EngineConfig::default()
         })
+    }
+
+    /// The gRPC server this element serves its stream on, if any.
+    pub fn server_config(&self) -> Result<Option<ServerConfig>, String> {
+        if self.grpc_address.is_empty() {
+            return Ok(None);
+        }
+        let tls = match (self.grpc_tls_cert.is_empty(), self.grpc_tls_key.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(TlsFiles {
+                cert: PathBuf::from(&self.grpc_tls_cert),
+                key: PathBuf::from(&self.grpc_tls_key),
+            }),
+            _ => return Err("grpc-tls-cert and grpc-tls-key go together".into()),
+        };
+        Ok(Some(ServerConfig {
+            address: self.grpc_address.clone(),
+            token: (!self.grpc_token.is_empty()).then(|| self.grpc_token.clone()),
+            tls,
+        }))
     }
 
     /// The label set the properties describe.
@@ -309,6 +338,30 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .blurb("Post an element message named cliptag with each frame's result on the bus")
             .default_value(d.post_messages)
             .flags(mutable_playing)
+            .build(),
+        glib::ParamSpecString::builder("grpc-address")
+            .nick("gRPC address")
+            .blurb("Serve the cliptag.v1 gRPC API (label changes, detection streams, health, reflection) on host:port, or a bare port on 127.0.0.1; one server per process and address, shared by every element naming it and serving every stream of the process; empty: no server")
+            .default_value(Some(""))
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("grpc-token")
+            .nick("gRPC token")
+            .blurb("When set, label changes over gRPC need the metadata authorization: Bearer <token>; reading needs none")
+            .default_value(Some(""))
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("grpc-tls-cert")
+            .nick("gRPC TLS certificate")
+            .blurb("PEM certificate chain file: with grpc-tls-key, the server speaks TLS only; empty: plain text")
+            .default_value(Some(""))
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("grpc-tls-key")
+            .nick("gRPC TLS key")
+            .blurb("PEM private key file of grpc-tls-cert")
+            .default_value(Some(""))
+            .flags(mutable_ready)
             .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .nick("Stats")
