@@ -1,13 +1,14 @@
 //! `cliptag`: zero-shot image tagging with CLIP models from the command line.
 
 mod commands;
+mod grpc_args;
 mod model_arg;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Tag images and video with open-vocabulary labels using CLIP.
+/// Tag live video and images with open-vocabulary labels using CLIP.
 #[derive(Debug, Parser)]
 #[command(name = "cliptag", version, about)]
 struct Cli {
@@ -17,6 +18,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Tag a live pipeline and serve the gRPC API beside it (the main job).
+    Run(commands::run::Args),
+    /// Print a server's detections as they happen.
+    Watch(commands::watch::Args),
+    /// Read or change a server's label sets.
+    Labels(commands::labels::Args),
+    /// List a server's streams with their counters.
+    Streams(commands::streams::Args),
     /// Print projected image and text embeddings as JSON.
     Embed(commands::embed::Args),
     /// Rank labels for an image by zero-shot probability.
@@ -32,6 +41,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Watch(args) => commands::watch::run(args),
+        Command::Labels(args) => commands::labels::run(args),
+        Command::Streams(args) => commands::streams::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Preprocess(args) => commands::preprocess::run(args),
@@ -40,6 +53,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that closed the pipe (`cliptag watch | head`) is not an error.
+        Err(error)
+            if error.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             // One line: the whole cause chain, outermost first.
             eprintln!("cliptag: error: {error:#}");

@@ -5,4 +5,8 @@ pub mod bench_engine;
 pub mod classify;
 pub mod embed;
 pub mod eval;
+pub mod labels;
 pub mod preprocess;
+pub mod run;
+pub mod streams;
+pub mod watch;

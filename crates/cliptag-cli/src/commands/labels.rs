@@ -1,0 +1,224 @@
+//! `cliptag labels get|set|add|remove`: read and change a running server's label sets.
+
+use anyhow::{Result, bail};
+use cliptag_service::v1;
+use serde_json::json;
+
+use crate::grpc_args::{ClientArgs, describe, runtime};
+
+/// Arguments of `cliptag labels`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Print the label set of one stream, or of every stream.
+    Get {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace the label set.
+    Set {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        labels: LabelArgs,
+        /// Prompt template; `{}` stands for the label.
+        #[arg(long, default_value = "{}")]
+        template: String,
+        /// softmax (scores sum to 1) or sigmoid (independent scores).
+        #[arg(long, default_value = "softmax", value_parser = ["softmax", "sigmoid"])]
+        scoring: String,
+        /// Labels per result.
+        #[arg(long, default_value_t = 5)]
+        top_k: u32,
+        /// Score at which a label counts as present (start/end events).
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Score the mean embedding of the last N inferred frames (actions).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        pool_frames: u32,
+    },
+    /// Add labels at the end of the set.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        labels: LabelArgs,
+    },
+    /// Remove labels from the set.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        labels: LabelArgs,
+    },
+}
+
+/// Which server and stream, and the version check.
+#[derive(Debug, clap::Args)]
+struct Target {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The stream; without it, every stream.
+    #[arg(long, value_name = "ID")]
+    stream: Option<String>,
+    /// Change only if the set is at this version (needs --stream).
+    #[arg(long, value_name = "N", requires = "stream")]
+    if_version: Option<u64>,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Labels named on the command line.
+#[derive(Debug, clap::Args)]
+struct LabelArgs {
+    /// Comma-separated labels.
+    #[arg(long, value_name = "A,B,...")]
+    labels: Option<String>,
+    /// One label that may contain commas; repeat for several.
+    #[arg(long = "label", value_name = "TEXT")]
+    label: Vec<String>,
+}
+
+impl LabelArgs {
+    fn names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .labels
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        names.extend(self.label.iter().map(|l| l.trim().to_string()));
+        if names.is_empty() {
+            bail!("no labels: give --labels \"a,b\" or --label TEXT");
+        }
+        Ok(names)
+    }
+}
+
+fn labels(names: Vec<String>) -> Vec<v1::Label> {
+    names
+        .into_iter()
+        .map(|name| v1::Label {
+            name,
+            prompts: vec![],
+        })
+        .collect()
+}
+
+/// Runs the action against the server.
+pub fn run(args: Args) -> Result<()> {
+    runtime()?.block_on(act(args.action))
+}
+
+async fn act(action: Action) -> Result<()> {
+    let (target, sets) = match action {
+        Action::Get { target } => {
+            let mut client = target.client.connect().await?;
+            let reply = client
+                .get_labels(v1::GetLabelsRequest {
+                    stream: target.stream.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(describe)?;
+            (target, reply.into_inner().sets)
+        }
+        Action::Set {
+            target,
+            labels: names,
+            template,
+            scoring,
+            top_k,
+            threshold,
+            pool_frames,
+        } => {
+            let set = v1::LabelSet {
+                labels: labels(names.names()?),
+                template,
+                scoring: if scoring == "sigmoid" {
+                    v1::Scoring::Sigmoid
+                } else {
+                    v1::Scoring::Softmax
+                }
+                .into(),
+                sigmoid_center: None,
+                threshold,
+                top_k,
+                pool_frames,
+            };
+            let mut client = target.client.connect().await?;
+            let request = target.client.request(v1::SetLabelsRequest {
+                stream: target.stream.clone().unwrap_or_default(),
+                labels: Some(set),
+                if_version: target.if_version,
+            })?;
+            let reply = client.set_labels(request).await.map_err(describe)?;
+            (target, reply.into_inner().sets)
+        }
+        Action::Add {
+            target,
+            labels: names,
+        } => {
+            let mut client = target.client.connect().await?;
+            let request = target.client.request(v1::UpdateLabelsRequest {
+                stream: target.stream.clone().unwrap_or_default(),
+                add: labels(names.names()?),
+                remove: vec![],
+                if_version: target.if_version,
+            })?;
+            let reply = client.update_labels(request).await.map_err(describe)?;
+            (target, reply.into_inner().sets)
+        }
+        Action::Remove {
+            target,
+            labels: names,
+        } => {
+            let mut client = target.client.connect().await?;
+            let request = target.client.request(v1::UpdateLabelsRequest {
+                stream: target.stream.clone().unwrap_or_default(),
+                add: vec![],
+                remove: names.names()?,
+                if_version: target.if_version,
+            })?;
+            let reply = client.update_labels(request).await.map_err(describe)?;
+            (target, reply.into_inner().sets)
+        }
+    };
+    print_sets(&sets, target.json);
+    Ok(())
+}
+
+fn print_sets(sets: &[v1::LabelSetState], as_json: bool) {
+    for set in sets {
+        let names: Vec<&str> = set
+            .labels
+            .iter()
+            .flat_map(|l| &l.labels)
+            .map(|l| l.name.as_str())
+            .collect();
+        if as_json {
+            println!(
+                "{}",
+                json!({
+                    "stream": set.stream,
+                    "label_set": set.label_set,
+                    "version": set.version,
+                    "labels": names,
+                })
+            );
+        } else {
+            println!(
+                "{}  version {}  {}",
+                set.stream,
+                set.version,
+                names.join(", ")
+            );
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `cliptag watch`: subscribe to a server's detections and print them.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use cliptag_service::v1::{self, detection_event::Event};
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use crate::grpc_args::{ClientArgs, describe, runtime};
+
+/// Arguments of `cliptag watch`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only this stream; repeat for several (default: every stream).
+    #[arg(long, value_name = "ID")]
+    stream: Vec<String>,
+    /// Only this label; repeat for several.
+    #[arg(long, value_name = "TEXT")]
+    label: Vec<String>,
+    /// Only labels scoring at least this much.
+    #[arg(long, default_value_t = 0.0)]
+    min_score: f32,
+    /// Print every result, not only those whose top label changed.
+    #[arg(long)]
+    all: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many detections.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+}
+
+/// Prints detections until the server ends the stream, `--count`, `--duration` or Ctrl-C.
+pub fn run(args: Args) -> Result<()> {
+    runtime()?.block_on(watch(args))
+}
+
+async fn watch(args: Args) -> Result<()> {
+    let mut client = args.client.connect().await?;
+    let mut stream = client
+        .stream_detections(v1::StreamDetectionsRequest {
+            streams: args.stream.clone(),
+            labels: args.label.clone(),
+            min_score: args.min_score,
+            changes_only: !args.all,
+            include_empty: args.all,
+        })
+        .await
+        .map_err(describe)?
+        .into_inner();
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut seen = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, stream.next()).await.ok(),
+                None => Some(stream.next().await),
+            }
+        };
+        let message = tokio::select! {
+            m = next => m,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(message) = message else {
+            return Ok(()); // duration or Ctrl-C
+        };
+        let Some(message) = message else {
+            eprintln!("cliptag: the server ended the stream");
+            return Ok(());
+        };
+        match message.map_err(describe)?.event {
+            Some(Event::Detection(d)) => {
+                print_detection(&mut out, &d, args.json)?;
+                seen += 1;
+                if args.count.is_some_and(|n| seen >= n) {
+                    return Ok(());
+                }
+            }
+            Some(Event::Lagged(l)) => {
+                if args.json {
+                    writeln!(out, "{}", json!({ "lagged": l.missed }))?;
+                } else {
+                    writeln!(out, "(too slow: missed {} results)", l.missed)?;
+                }
+            }
+            None => {}
+        }
+        out.flush().context("stdout")?;
+    }
+}
+
+fn print_detection(out: &mut impl Write, d: &v1::Detection, as_json: bool) -> Result<()> {
+    if as_json {
+        let wall = d
+            .wall_time
+            .map(|t| t.seconds as f64 + f64::from(t.nanos) * 1e-9);
+        let received = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let line = json!({
+            "stream": d.stream,
+            "frame": d.frame,
+            "pts_ns": d.pts_ns,
+            "wall_time": wall,
+            "received": received,
+            "label_set_version": d.label_set_version,
+            "stale": d.stale,
+            "labels": d.labels.iter().map(|l| json!({"label": l.label, "score": l.score})).collect::<Vec<_>>(),
+            "events": d.events.iter().map(|e| json!({
+                "label": e.label,
+                "kind": if e.kind == v1::label_event::Kind::Start as i32 { "start" } else { "end" },
+                "score": e.score,
+            })).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{line}")?;
+        return Ok(());
+    }
+    let labels: Vec<String> = d
+        .labels
+        .iter()
+        .take(3)
+        .map(|l| format!("{} {:.2}", l.label, l.score))
+        .collect();
+    let pts = d
+        .pts_ns
+        .map(|p| format!("{:>8.2}s", p as f64 * 1e-9))
+        .unwrap_or_else(|| "        -".into());
+    writeln!(
+        out,
+        "{:<12} frame {:>6} {pts}  v{}  {}{}",
+        d.stream,
+        d.frame,
+        d.label_set_version,
+        labels.join(" | "),
+        if d.stale { "  (stale)" } else { "" }
+    )?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! `cliptag run` as users run it: a real pipeline and gRPC server in one process, driven
+//! by `cliptag labels` and `cliptag watch` processes and by a Python grpcio client whose
+//! stubs are generated from the .proto in the test; Ctrl-C stops it cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn cliptag(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cliptag"))
+        .args(args)
+        .output()
+        .expect("run cliptag")
+}
+
+/// A `cliptag run` child and the address it serves on.
+struct Running {
+    child: Child,
+    address: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cliptag"))
+            .args([
+                "run",
+                "--grpc",
+                "127.0.0.1:0",
+                "--cycle",
+                "1",
+                "--duration",
+                "120",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cliptag run");
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut address = None;
+        while address.is_none() {
+            let line = stderr
+                .recv_timeout(Duration::from_secs(60))
+                .expect("cliptag run says where it serves");
+            address = line
+                .strip_prefix("cliptag: serving cliptag.v1 on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(String::from);
+        }
+        Self {
+            child,
+            address: address.expect("address"),
+            stderr,
+        }
+    }
+
+    /// SIGINT, as Ctrl-C sends; the exit status and the rest of stderr.
+    fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        let rest = self.stderr.try_iter().collect();
+        (exit, rest)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn labels_and_watch_drive_a_running_pipeline_and_ctrl_c_stops_it() {
+    let run = Running::start(&["--stream-id", "cam"]);
+    let server = run.address.clone();
+
+    let streams = json_lines(&cliptag(&["streams", "--server", &server, "--json"]));
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0]["id"], "cam");
+    assert_eq!(streams[0]["label_set_version"], 1);
+
+    let set = json_lines(&cliptag(&[
+        "labels",
+        "set",
+        "--server",
+        &server,
+        "--stream",
+        "cam",
+        "--if-version",
+        "1",
+        "--labels",
+        "a moving ball,tv static,a pinwheel",
+        "--json",
+    ]));
+    assert_eq!(set[0]["version"], 2);
+    let refused = cliptag(&[
+        "labels",
+        "set",
+        "--server",
+        &server,
+        "--stream",
+        "cam",
+        "--if-version",
+        "1",
+        "--labels",
+        "x,y",
+    ]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("FailedPrecondition"), "{message}");
+    let added = json_lines(&cliptag(&[
+        "labels",
+        "add",
+        "--server",
+        &server,
+        "--stream",
+        "cam",
+        "--label",
+        "concentric circles",
+        "--json",
+    ]));
+    assert_eq!(added[0]["version"], 3);
+    assert_eq!(added[0]["labels"][3], "concentric circles");
+
+    let watched = json_lines(&cliptag(&[
+        "watch", "--server", &server, "--stream", "cam", "--all", "--json", "--count", "10",
+    ]));
+    assert_eq!(watched.len(), 10);
+    let allowed = [
+        "a moving ball",
+        "tv static",
+        "a pinwheel",
+        "concentric circles",
+    ];
+    for d in &watched {
+        assert_eq!(d["label_set_version"], 3, "{d}");
+        for l in d["labels"].as_array().expect("labels") {
+            assert!(
+                allowed.contains(&l["label"].as_str().expect("label")),
+                "{d}"
+            );
+        }
+    }
+
+    let (exit, rest) = run.interrupt();
+    assert!(exit.success(), "exit {exit:?}: {rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("frames") && l.contains("labels v3")),
+        "{rest:?}"
+    );
+    let gone = cliptag(&["streams", "--server", &server]);
+    assert!(!gone.status.success(), "the server outlived the pipeline");
+}
+
+fn python() -> PathBuf {
+    match std::env::var_os("CLIPTAG_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "CLIPTAG_TEST_PYTHON is not set: `./x test` sets it to a Python with grpcio, \
+             grpcio-tools, grpcio-health-checking and grpcio-reflection"
+        ),
+    }
+}
+
+#[test]
+fn a_python_grpcio_client_changes_labels_and_sees_health_and_reflection() {
+    let run = Running::start(&["--stream-id", "py-cam"]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python())
+        .arg(root.join("tests/python/grpc_client.py"))
+        .arg(root.join("../../proto"))
+        .arg(&run.address)
+        .arg("py-cam")
+        .output()
+        .expect("run the Python client");
+    assert!(
+        out.status.success(),
+        "Python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["health"], "SERVING");
+    assert_eq!(report["version"], 2);
+    assert_eq!(report["new_results"], 5);
+    let (exit, _) = run.interrupt();
+    assert!(exit.success());
+}
+
+#[test]
+fn a_bad_input_or_a_taken_address_is_one_clear_line() {
+    let out = cliptag(&[
+        "run",
+        "--input",
+        "/nonexistent/video.mp4",
+        "--grpc",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/video.mp4"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = cliptag(&["run", "--grpc", &addr]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&addr),
+        "{err}"
+    );
+    let out = cliptag(&["watch", "--server", "127.0.0.1:1", "--count", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
