@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the side-by-side table of the benchmark JSON files: ours, the peer's, and optionally the element's."""
+"""Prints the side-by-side table of the benchmark JSON files: ours, the peer's, and optionally the element's and the gRPC fan-out's."""
 import json
 import sys
 
@@ -7,6 +7,7 @@ import sys
 def main() -> int:
     ours, peer = (json.load(open(p)) for p in sys.argv[1:3])
     element = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else None
+    grpc = json.load(open(sys.argv[4])) if len(sys.argv) > 4 else None
     peer_by_batch = {r["batch"]: r for r in peer["results"]}
     print(f"\nvision tower throughput, images/s ({ours['engine']} vs {peer['engine']}, "
           f"{ours.get('threads', '?')} threads)")
@@ -45,6 +46,14 @@ def main() -> int:
             print(f"\nelement ({element['pipeline']}, {element['width']}x{element['height']} {element['format']}, "
                   f"batch {element['batch']}): {element['frames_per_s']:.2f} frames/s, {ratio * 100:.0f}% of the engine's "
                   f"{same[0]['frames_per_s']:.2f}")
+    if grpc:
+        print(f"\ngRPC detection delivery on loopback ({grpc['streams']} streams x {grpc['fps_per_stream']} frames/s, "
+              f"result made -> client decoded; aim: p99 under 5 ms with 100 subscribers)")
+        print(f"{'subscribers':>12} {'delivered':>10} {'lost':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server CPU':>11} {'us/result':>10}")
+        for r in grpc["results"]:
+            print(f"{r['subscribers']:>12} {r['delivered']:>10} {r['lost']:>5} {r['latency_p50_ms']:>7.2f} "
+                  f"{r['latency_p99_ms']:>7.2f} {r['latency_max_ms']:>7.2f} {r['server_cpu_core_fraction'] * 100:>10.1f}% "
+                  f"{r['server_cpu_us_per_result']:>10.1f}")
     return 0
 
 

@@ -34,6 +34,8 @@ enum Command {
     Preprocess(commands::preprocess::Args),
     /// Measure vision-tower throughput in images per second.
     Bench(commands::bench::Args),
+    /// Measure detection delivery over gRPC to 1, 10 and 100 subscribers.
+    BenchGrpc(commands::bench_grpc::Args),
     /// Zero-shot top-1 accuracy over a labelled manifest of images.
     Eval(commands::eval::Args),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Preprocess(args) => commands::preprocess::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::BenchGrpc(args) => commands::bench_grpc::run(args),
         Command::Eval(args) => commands::eval::run(args),
     };
     match result {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cliptag_proto::v1::cliptag_server::CliptagServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::service::CliptagService;
@@ -252,9 +252,11 @@ async fn serve(
             .set_not_serving::<CliptagServer<CliptagService>>()
             .await;
     };
-    let serving = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
-    );
+    // Without TCP_NODELAY, small detection messages wait for delayed ACKs (40 ms).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     tokio::select! {
         done = serving => match done {
             Ok(Err(e)) => eprintln!("cliptag: gRPC server failed: {e}"),

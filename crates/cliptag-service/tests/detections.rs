@@ -38,7 +38,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_change_reaches_every_later_frame_and_never_mixes() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(4096);
     let old = ["a red square", "tv static", "a checkerboard"];
     let new = ["a ball", "colour bars", "snow", "a zone plate"];
@@ -149,7 +149,7 @@ async fn slow_client(addr: std::net::SocketAddr) -> v1::cliptag_client::CliptagC
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_lags_while_others_miss_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     // A small ring so that the stalled subscriber falls out of it quickly.
     let (engine, _registration) = engine(64);
     let server = server();
@@ -210,7 +210,7 @@ async fn a_stalled_subscriber_lags_while_others_miss_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_subscribers_on_four_streams_get_every_result() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(4096);
     let server = server();
     let streams = ["fan-1", "fan-2", "fan-3", "fan-4"];
@@ -287,7 +287,7 @@ async fn a_hundred_subscribers_on_four_streams_get_every_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_narrow_and_streams_end_with_the_server() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(4096);
     let server = server();
     let mut c = client(&server).await;

@@ -46,7 +46,7 @@ fn names(state: &v1::LabelSetState) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_get_update_and_versions() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(1024);
     let producer = Producer::start(&engine, "labels-cam", &["a red square", "tv static"], 0, 8);
     let server = server();
@@ -103,7 +103,7 @@ async fn set_get_update_and_versions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_its_code_and_changes_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(1024);
     let producer = Producer::start(&engine, "bad-cam", &["a cat", "a dog"], 0, 4);
     let server = server();
@@ -279,7 +279,7 @@ fn update(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stream_at_once_and_classify() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(1024);
     let a = Producer::start(&engine, "all-a", &["a cat", "a dog"], 0, 4);
     let b = Producer::start(&engine, "all-b", &["a fish", "a bird"], 0, 4);
@@ -382,7 +382,7 @@ fn openssl_cert(dir: &std::path::Path) -> TlsFiles {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_guards_label_changes_over_tls() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (engine, _registration) = engine(1024);
     let producer = Producer::start(&engine, "tls-cam", &["a cat", "a dog"], 0, 4);
     let dir = tempfile::tempdir().expect("tempdir");

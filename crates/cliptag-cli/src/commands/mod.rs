@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_engine;
+pub mod bench_grpc;
 pub mod classify;
 pub mod embed;
 pub mod eval;

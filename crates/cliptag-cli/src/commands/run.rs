@@ -15,14 +15,15 @@ use serde_json::json;
 /// Labels that name the patterns the test source cycles through (before any change).
 const DEFAULT_LABELS: &str = "smpte color bars,a moving ball,tv static,a checkerboard";
 
-/// The test source's patterns, in cycling order.
+/// The test source's patterns, in cycling order: the default labels have no word for
+/// the third and fourth, so a label change shows.
 const PATTERNS: [&str; 6] = [
     "smpte",
     "ball",
-    "snow",
-    "checkers-8",
     "circular",
     "pinwheel",
+    "snow",
+    "checkers-8",
 ];
 
 /// Arguments of `cliptag run`.
@@ -313,6 +314,7 @@ fn spawn_cycler(
                 std::thread::sleep(Duration::from_millis(50));
             }
             src.set_property_from_str("pattern", pattern);
+            eprintln!("cliptag: the test source shows pattern={pattern} now");
         }
     })
 }

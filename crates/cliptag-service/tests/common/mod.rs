@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,10 +14,11 @@ use cliptag_service::v1::cliptag_client::CliptagClient;
 use cliptag_service::{Registration, Server, ServerConfig, hub};
 use tonic::transport::Channel;
 
-/// The hub is process-wide: tests that look at "every stream" must not overlap.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+/// The hub is process-wide: tests that look at "every stream" must not overlap. (An
+/// async lock: each test's runtime awaits while holding it.)
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 pub fn model() -> Arc<ClipModel> {
