@@ -5,7 +5,7 @@
 //! falls behind in those rings and is told how many results it lost (`lagged`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use cliptag_engine::{Engine, FrameResult, Received, Subscription};
 use cliptag_proto::v1;
@@ -93,7 +93,8 @@ pub struct Subscriber {
     filter: Filter,
     activity: watch::Receiver<u64>,
     membership: watch::Receiver<u64>,
-    subscriptions: Vec<(Arc<Engine>, Subscription<Arc<FrameResult>>)>,
+    /// Weak: a subscriber must not keep a stopped element's engine (and model) alive.
+    subscriptions: Vec<(Weak<Engine>, Subscription<Arc<FrameResult>>)>,
 }
 
 impl Subscriber {
@@ -116,15 +117,15 @@ impl Subscriber {
         self.membership.borrow_and_update();
         let engines = hub().engines();
         self.subscriptions
-            .retain(|(e, _)| engines.iter().any(|x| Arc::ptr_eq(x, e)));
+            .retain(|(e, _)| engines.iter().any(|x| Arc::as_ptr(x) == e.as_ptr()));
         for engine in engines {
-            if !self
+            let known = self
                 .subscriptions
                 .iter()
-                .any(|(e, _)| Arc::ptr_eq(e, &engine))
-            {
-                let subscription = engine.subscribe();
-                self.subscriptions.push((engine, subscription));
+                .any(|(e, _)| e.as_ptr() == Arc::as_ptr(&engine));
+            if !known {
+                self.subscriptions
+                    .push((Arc::downgrade(&engine), engine.subscribe()));
             }
         }
     }

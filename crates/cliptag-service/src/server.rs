@@ -168,17 +168,18 @@ impl Server {
     /// caller naming the same address shares it; it stops when the last one lets go.
     /// Asking for a running address with another token or TLS setting is an error.
     pub fn shared(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
+        // "50051" and "127.0.0.1:50051" are the same server.
+        let key = parse_address(&config.address)?.to_string();
         let mut servers = lock(&SERVERS);
         servers.retain(|_, s| s.strong_count() > 0);
-        if let Some(server) = servers.get(&config.address).and_then(Weak::upgrade) {
-            if server.config != config {
-                return Err(ServerError::Conflict(config.address));
+        if let Some(server) = servers.get(&key).and_then(Weak::upgrade) {
+            if (&server.config.token, &server.config.tls) != (&config.token, &config.tls) {
+                return Err(ServerError::Conflict(key));
             }
             return Ok(server);
         }
-        let address = config.address.clone();
         let server = Self::start(config)?;
-        servers.insert(address, Arc::downgrade(&server));
+        servers.insert(key, Arc::downgrade(&server));
         Ok(server)
     }
 

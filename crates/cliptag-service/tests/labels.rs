@@ -470,6 +470,8 @@ async fn health_says_serving_and_addresses_are_checked() {
     let shared = Server::shared(ServerConfig::new("127.0.0.1:0")).expect("shared");
     let again = Server::shared(ServerConfig::new("127.0.0.1:0")).expect("shared again");
     assert!(std::sync::Arc::ptr_eq(&shared, &again));
+    let bare = Server::shared(ServerConfig::new("0")).expect("a bare port is loopback");
+    assert!(std::sync::Arc::ptr_eq(&shared, &bare));
     let mut other = ServerConfig::new("127.0.0.1:0");
     other.token = Some("t".into());
     assert!(Server::shared(other).is_err());

@@ -85,7 +85,7 @@ fn source_description(args: &Args) -> Result<String> {
                 .with_context(|| format!("cannot make a URI of {}", path.display()))?
                 .to_string()
         };
-        // Played at its own pace, like a live feed.
+        // The sink synchronizes: a file plays at its own pace, like a live feed.
         return Ok(format!(
             "uridecodebin uri=\"{}\" ! videoconvert",
             uri.replace('"', "%22")
@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
     })
     .context("cannot start the gRPC server")?;
     let description = format!(
-        "{} ! cliptag name=tag ! fakesink sync=false",
+        "{} ! cliptag name=tag ! fakesink sync=true",
         source_description(&args)?
     );
     let pipeline = gst::parse::launch(&description)
