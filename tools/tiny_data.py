@@ -387,7 +387,7 @@ def make_pool(seed, count, out, workers):
 
 # ---------------------------------------------------------------- evaluation set
 
-def make_eval(seed, per_class, out, small):
+def make_eval(seed, per_class, out, small, scenes_per_class=None):
     """PNG frames at unseen sizes and a manifest: task -> prompts and (file, answer) items."""
     os.makedirs(out, exist_ok=True)
     prompts = V.eval_prompts()
@@ -399,16 +399,7 @@ def make_eval(seed, per_class, out, small):
         Image.fromarray(rgb).save(os.path.join(out, name), optimize=True)
         tasks[task]["items"].append({"file": name, "answer": answer})
 
-    for k in range(per_class):
-        for ci, name in enumerate(V.PATTERN_NAMES):
-            w, h = eval_size(rng, small)
-            fmt = FORMATS[(k + ci) % len(FORMATS)]
-            rgb, _ = pattern_sample(rng, name, w, h, fmt)
-            save("pattern", rgb, ci, f"{name}-{k}-{fmt.lower()}-{w}x{h}")
-        for ci, colour in enumerate(V.COLOUR_NAMES):
-            w, h = eval_size(rng, small)
-            rgb = np.broadcast_to(np.array(jitter(rng, colour, 30), np.uint8), (h, w, 3)).copy()
-            save("colour", rgb, ci, f"{colour}-{k}-{w}x{h}")
+    def add_scenes(k):
         for si, shape in enumerate(V.SHAPE_NAMES):
             w, h = eval_size(rng, small)
             pairs = [(c, s) for c, s in TRAIN_PAIRS if s == shape]
@@ -422,6 +413,23 @@ def make_eval(seed, per_class, out, small):
             rgb, attrs = shapes_scene(rng, w, h, [(colour, shape)])
             answer = prompts["zero_shot"].index(f"{V.article(colour)} {colour} {shape}")
             save("zero_shot", rgb, answer, f"{colour}-{shape}-{k}-{w}x{h}")
+
+    for k in range(per_class):
+        for ci, name in enumerate(V.PATTERN_NAMES):
+            w, h = eval_size(rng, small)
+            fmt = FORMATS[(k + ci) % len(FORMATS)]
+            rgb, _ = pattern_sample(rng, name, w, h, fmt)
+            save("pattern", rgb, ci, f"{name}-{k}-{fmt.lower()}-{w}x{h}")
+        for ci, colour in enumerate(V.COLOUR_NAMES):
+            w, h = eval_size(rng, small)
+            rgb = np.broadcast_to(np.array(jitter(rng, colour, 30), np.uint8), (h, w, 3)).copy()
+            save("colour", rgb, ci, f"{colour}-{k}-{w}x{h}")
+        add_scenes(k)
+    # Extra shape and zero-shot scenes (after the rest, so that sets without them are
+    # unchanged): a few shape scenes are cheap to keep, and the zero-shot task's ten
+    # pairs need many items for its accuracy to mean something.
+    for k in range(per_class, max(per_class, scenes_per_class or per_class)):
+        add_scenes(k)
     manifest = {"seed": seed, "note": "written by tools/tiny_data.py eval; frame sizes are never multiples of 8",
                 "tasks": [{"name": name, **task} for name, task in tasks.items()]}
     with open(os.path.join(out, "manifest.json"), "w") as f:
@@ -439,6 +447,8 @@ def main():
     e = sub.add_parser("eval", help="held-out evaluation frames + manifest")
     e.add_argument("--seed", type=int, default=1001)
     e.add_argument("--per-class", type=int, default=20)
+    e.add_argument("--scenes-per-class", type=int, default=None,
+                   help="shape scenes per shape and zero-shot scenes per held-out pair (default: --per-class)")
     e.add_argument("--small", action="store_true", help="small frames (for the committed test set)")
     e.add_argument("--out", required=True)
     g = sub.add_parser("grid", help="a contact sheet of pool images with captions, to look at")
@@ -448,7 +458,7 @@ def main():
     if args.cmd == "pool":
         make_pool(args.seed, args.count, args.out, args.workers)
     elif args.cmd == "eval":
-        make_eval(args.seed, args.per_class, args.out, args.small)
+        make_eval(args.seed, args.per_class, args.out, args.small, args.scenes_per_class)
     else:
         images = np.load(os.path.join(args.pool, "images.npy"), mmap_mode="r")
         sheet = Image.new("RGB", (8 * 112, 6 * 112))

@@ -87,7 +87,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1700, help="optimizer steps (the bundled model: 1700)")
+    ap.add_argument("--steps", type=int, default=2200, help="optimizer steps (the bundled model: 2200)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
