@@ -37,7 +37,7 @@ impl Running {
                 "120",
             ])
             .args(extra)
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("cliptag run");
@@ -73,7 +73,8 @@ impl Running {
             .expect("kill");
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
-        let rest = self.stderr.try_iter().collect();
+        // The reader thread ends at the end of the pipe: every line is in.
+        let rest = self.stderr.iter().collect();
         (exit, rest)
     }
 }

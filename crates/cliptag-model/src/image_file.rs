@@ -33,10 +33,27 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     })
 }
 
+/// Most pixels an image may have: the size comes from the file's header, and decoding
+/// allocates it before reading the rest, so a few bytes could otherwise ask for gigabytes.
+pub const MAX_PIXELS: u64 = 1 << 26;
+
+fn check_size(width: u64, height: u64) -> std::result::Result<(), String> {
+    if width.saturating_mul(height) > MAX_PIXELS {
+        return Err(format!(
+            "{width}x{height} pixels: images of at most {MAX_PIXELS} pixels are accepted"
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes PNG or JPEG bytes to RGB; the error is the decoder's reason.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     #[cfg(feature = "turbojpeg")]
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        // The header alone says how much decoding would allocate.
+        if let Ok(header) = turbojpeg::read_header(bytes) {
+            check_size(header.width as u64, header.height as u64)?;
+        }
         // libjpeg-turbo's default (accurate integer IDCT, smooth chroma upsampling) is what
         // Pillow decodes with; JPEGs it cannot handle fall through to the generic decoder.
         if let Ok(image) = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) {
@@ -55,7 +72,16 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
             });
         }
     }
-    let image = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(1 << 16);
+    limits.max_image_height = Some(1 << 16);
+    limits.max_alloc = Some(MAX_PIXELS * 4);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| e.to_string())?;
+    check_size(u64::from(image.width()), u64::from(image.height()))?;
     let (width, height) = (image.width() as usize, image.height() as usize);
     let data = if image.color().has_alpha() {
         image

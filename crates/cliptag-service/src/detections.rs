@@ -88,14 +88,25 @@ fn detection(d: v1::Detection) -> v1::DetectionEvent {
     }
 }
 
+/// One engine's results as a subscriber reads them.
+struct Source {
+    /// Weak: a subscriber must not keep a stopped element's engine (and model) alive.
+    engine: Weak<Engine>,
+    subscription: Subscription<Arc<FrameResult>>,
+    /// Unregistered: read what is left, then forget.
+    departed: bool,
+}
+
 /// One subscriber's position in every registered engine's results.
 pub struct Subscriber {
     filter: Filter,
     activity: watch::Receiver<u64>,
     membership: watch::Receiver<u64>,
-    /// Weak: a subscriber must not keep a stopped element's engine (and model) alive.
-    subscriptions: Vec<(Weak<Engine>, Subscription<Arc<FrameResult>>)>,
+    sources: Vec<Source>,
 }
+
+/// The client went away.
+struct Gone;
 
 impl Subscriber {
     /// Subscribes now, so that every result published from this call on is either
@@ -106,54 +117,86 @@ impl Subscriber {
             filter,
             activity: hub.activity(),
             membership: hub.membership(),
-            subscriptions: Vec::new(),
+            sources: Vec::new(),
         };
         subscriber.follow_membership();
         subscriber
     }
 
-    /// Subscribes to engines that appeared and forgets those that went.
+    /// Subscribes to engines that appeared and marks those that went.
     fn follow_membership(&mut self) {
         self.membership.borrow_and_update();
         let engines = hub().engines();
-        self.subscriptions
-            .retain(|(e, _)| engines.iter().any(|x| Arc::as_ptr(x) == e.as_ptr()));
+        for source in &mut self.sources {
+            if !engines
+                .iter()
+                .any(|e| Arc::as_ptr(e) == source.engine.as_ptr())
+            {
+                source.departed = true;
+            }
+        }
         for engine in engines {
             let known = self
-                .subscriptions
+                .sources
                 .iter()
-                .any(|(e, _)| e.as_ptr() == Arc::as_ptr(&engine));
+                .any(|s| !s.departed && s.engine.as_ptr() == Arc::as_ptr(&engine));
             if !known {
-                self.subscriptions
-                    .push((Arc::downgrade(&engine), engine.subscribe()));
+                self.sources.push(Source {
+                    engine: Arc::downgrade(&engine),
+                    subscription: engine.subscribe(),
+                    departed: false,
+                });
             }
         }
     }
 
-    /// Sends everything published so far, a burst per engine at a time. Returns false
-    /// when the client went away.
-    async fn drain(&mut self, out: &Outbox) -> bool {
-        loop {
-            let mut more = false;
-            for (_, subscription) in &mut self.subscriptions {
-                for _ in 0..BURST {
-                    let message = match subscription.try_recv() {
-                        None | Some(Received::Closed) => break,
-                        Some(Received::Lagged(n)) => lagged(n),
-                        Some(Received::Item(result)) => match self.filter.apply(&result) {
+    /// Sends up to a burst of results from every source (at most `budget[i]` from source
+    /// `i` when given); returns whether results are left.
+    async fn pass(&mut self, out: &Outbox, mut budget: Option<&mut [u64]>) -> Result<bool, Gone> {
+        let mut more = false;
+        for (i, source) in self.sources.iter_mut().enumerate() {
+            let limit = budget
+                .as_deref()
+                .map_or(BURST as u64, |b| b[i].min(BURST as u64));
+            let mut taken = 0;
+            while taken < limit {
+                let message = match source.subscription.try_recv() {
+                    None | Some(Received::Closed) => break,
+                    Some(Received::Lagged(n)) => lagged(n),
+                    Some(Received::Item(result)) => {
+                        taken += 1;
+                        match self.filter.apply(&result) {
                             Some(d) => detection(d),
                             None => continue,
-                        },
-                    };
-                    if out.send(Ok(message)).await.is_err() {
-                        return false;
+                        }
                     }
-                }
-                more |= subscription.pending() > 0;
+                };
+                out.send(Ok(message)).await.map_err(|_| Gone)?;
             }
-            if !more {
-                return true;
+            if let Some(b) = budget.as_deref_mut() {
+                b[i] -= taken;
+                more |= b[i] > 0 && source.subscription.pending() > 0;
+            } else {
+                more |= source.subscription.pending() > 0;
             }
+        }
+        Ok(more)
+    }
+
+    /// Forgets departed engines that have been read to the end.
+    fn forget_departed(&mut self) {
+        self.sources
+            .retain(|s| !(s.departed && s.subscription.pending() == 0));
+    }
+
+    /// At shutdown: what was published before it, and nothing after.
+    async fn finish(&mut self, out: &Outbox) {
+        let mut budget: Vec<u64> = self
+            .sources
+            .iter()
+            .map(|s| s.subscription.pending())
+            .collect();
+        while let Ok(true) = self.pass(out, Some(&mut budget)).await {
             tokio::task::yield_now().await;
         }
     }
@@ -162,14 +205,25 @@ impl Subscriber {
     /// published before it has been sent.
     pub async fn run(mut self, out: Outbox, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let stopping = *shutdown.borrow_and_update();
+            if *shutdown.borrow_and_update() {
+                self.finish(&out).await;
+                return;
+            }
             // Anything published after this point wakes the `changed()` below.
             self.activity.borrow_and_update();
             if self.membership.has_changed().unwrap_or(false) {
                 self.follow_membership();
             }
-            if !self.drain(&out).await || stopping {
-                return;
+            let passed = self.pass(&out, None).await;
+            self.forget_departed();
+            match passed {
+                Err(Gone) => return,
+                // Results left: another pass, after looking at membership and shutdown.
+                Ok(true) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(false) => {}
             }
             tokio::select! {
                 changed = self.activity.changed() => if changed.is_err() { return },

@@ -245,7 +245,11 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CliptagServer::new(service));
+        // Room for the largest image ClassifyImage takes, plus the rest of the message.
+        .add_service(
+            CliptagServer::new(service)
+                .max_decoding_message_size(crate::service::MAX_IMAGE_BYTES + (64 << 10)),
+        );
     let mut stopped = stop.clone();
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;

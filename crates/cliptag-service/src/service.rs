@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use cliptag_engine::{Engine, LabelError, LabelSet, LabelSetSpec, StreamInfo};
+use cliptag_engine::{Engine, EngineError, LabelError, LabelSet, LabelSetSpec, StreamInfo};
 use cliptag_proto::v1;
 use cliptag_proto::v1::cliptag_server::Cliptag;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -17,11 +17,16 @@ use crate::hub::hub;
 /// Largest image `ClassifyImage` accepts, in bytes.
 pub const MAX_IMAGE_BYTES: usize = 32 << 20;
 
+/// Images `ClassifyImage` decodes and scores at once; more wait their turn, so that a
+/// burst of requests cannot take every core (or the memory) from the pipelines.
+const CLASSIFY_CONCURRENCY: usize = 2;
+
 /// The service. Cheap to clone; every clone serves the same streams.
 #[derive(Clone)]
 pub struct CliptagService {
     token: Option<Arc<str>>,
     shutdown: watch::Receiver<bool>,
+    classify: Arc<Semaphore>,
 }
 
 impl CliptagService {
@@ -31,6 +36,7 @@ impl CliptagService {
         Self {
             token: token.map(Arc::from),
             shutdown,
+            classify: Arc::new(Semaphore::new(CLASSIFY_CONCURRENCY)),
         }
     }
 
@@ -78,35 +84,81 @@ fn targets(stream: &str) -> Result<Vec<(Arc<Engine>, StreamInfo)>, Status> {
     }
 }
 
-/// Applies `edit` to the label set of every target, in order. The first refusal stops
-/// the edit; as every set is checked the same way, a bad set is refused before any
-/// change.
+/// One label set a request changes, checked and embedded, not yet swapped in.
+struct Planned {
+    engine: Arc<Engine>,
+    set: String,
+    version: u64,
+    spec: LabelSetSpec,
+}
+
+/// Changes the label set of every target in two steps, so that a refusal changes
+/// nothing: first every set's new spec is built, checked, tokenized and embedded
+/// (filling the prompt cache); then each is swapped in, on condition that it is still
+/// at the version the first step saw. Only a concurrent edit between the two steps can
+/// stop the second one part way (with FAILED_PRECONDITION).
 fn edit_all(
     targets: Vec<(Arc<Engine>, StreamInfo)>,
     if_version: Option<u64>,
-    edit: impl Fn(&Engine, &str, Option<u64>) -> cliptag_engine::Result<Arc<LabelSet>>,
+    change: impl Fn(&str, Option<&LabelSetSpec>) -> cliptag_engine::Result<LabelSetSpec>,
 ) -> Result<v1::LabelsChanged, Status> {
-    if if_version.is_some() && targets.len() > 1 {
+    let mut plans: Vec<Planned> = Vec::new();
+    for (engine, info) in &targets {
+        // Streams sharing a set change it once.
+        if plans
+            .iter()
+            .any(|p| Arc::ptr_eq(&p.engine, engine) && p.set == info.label_set)
+        {
+            continue;
+        }
+        let current = engine.labels(&info.label_set);
+        let version = current.as_ref().map_or(0, |c| c.version());
+        if let Some(expected) = if_version
+            && expected != version
+        {
+            return Err(status(EngineError::VersionMismatch {
+                set: info.label_set.clone(),
+                expected,
+                current: version,
+            }));
+        }
+        let spec = change(&info.label_set, current.as_ref().map(|c| c.spec())).map_err(status)?;
+        engine.compile_labels(spec.clone()).map_err(status)?;
+        plans.push(Planned {
+            engine: engine.clone(),
+            set: info.label_set.clone(),
+            version,
+            spec,
+        });
+    }
+    let mut swapped: Vec<(usize, Arc<LabelSet>)> = Vec::with_capacity(plans.len());
+    for (i, plan) in plans.iter().enumerate() {
+        let set = plan
+            .engine
+            .set_labels(&plan.set, plan.spec.clone(), Some(plan.version))
+            .map_err(status)?;
+        swapped.push((i, set));
+    }
+    let sets = targets
+        .iter()
+        .filter_map(|(engine, info)| {
+            let (_, set) = swapped.iter().find(|(i, _)| {
+                Arc::ptr_eq(&plans[*i].engine, engine) && plans[*i].set == info.label_set
+            })?;
+            Some(convert::state(&info.id, set))
+        })
+        .collect();
+    Ok(v1::LabelsChanged { sets })
+}
+
+/// `if_version` names one set's version: it needs a stream.
+fn check_if_version(stream: &str, if_version: Option<u64>) -> Result<(), Status> {
+    if if_version.is_some() && stream.is_empty() {
         return Err(Status::invalid_argument(
             "if_version needs a stream: sets of different streams have their own versions",
         ));
     }
-    let mut done: Vec<(*const Engine, String, Arc<LabelSet>)> = Vec::new();
-    let mut sets = Vec::with_capacity(targets.len());
-    for (engine, info) in targets {
-        let key = (Arc::as_ptr(&engine), info.label_set.clone());
-        // Streams sharing a set change it once.
-        let set = match done.iter().find(|(e, s, _)| (*e, s.clone()) == key) {
-            Some((_, _, set)) => set.clone(),
-            None => {
-                let set = edit(&engine, &info.label_set, if_version).map_err(status)?;
-                done.push((key.0, key.1, set.clone()));
-                set
-            }
-        };
-        sets.push(convert::state(&info.id, &set));
-    }
-    Ok(v1::LabelsChanged { sets })
+    Ok(())
 }
 
 /// Runs blocking work (text or image encoding) off the async threads.
@@ -165,13 +217,11 @@ impl Cliptag for CliptagService {
         let spec = convert::spec_from_proto(labels);
         spec.validate()
             .map_err(|e| Status::invalid_argument(format!("invalid label set: {e}")))?;
+        check_if_version(&request.stream, request.if_version)?;
         let targets = targets(&request.stream)?;
-        let changed = blocking(move || {
-            edit_all(targets, request.if_version, |engine, set, if_version| {
-                engine.set_labels(set, spec.clone(), if_version)
-            })
-        })
-        .await?;
+        let changed =
+            blocking(move || edit_all(targets, request.if_version, |_, _| Ok(spec.clone())))
+                .await?;
         Ok(Response::new(changed))
     }
 
@@ -190,12 +240,12 @@ impl Cliptag for CliptagService {
             .map(convert::label_from_proto)
             .collect();
         let remove = request.remove;
+        check_if_version(&request.stream, request.if_version)?;
         let targets = targets(&request.stream)?;
         let changed = blocking(move || {
-            edit_all(targets, request.if_version, |engine, set, if_version| {
-                engine.edit_labels(set, if_version, |current| {
-                    apply_update(current, &remove, &add)
-                })
+            edit_all(targets, request.if_version, |set, current| match current {
+                Some(current) => Ok(apply_update(current, &remove, &add)?),
+                None => Err(EngineError::UnknownLabelSet(set.to_string())),
             })
         })
         .await?;
@@ -261,6 +311,11 @@ impl Cliptag for CliptagService {
         };
         let version = set.version();
         let image = request.image;
+        let _turn = self
+            .classify
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the server is stopping"))?;
         let labels = blocking(move || {
             let rgb = cliptag_engine::cliptag_model::image_file::decode_rgb(&image)
                 .map_err(|e| Status::invalid_argument(format!("cannot decode the image: {e}")))?;

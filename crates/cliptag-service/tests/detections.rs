@@ -165,8 +165,11 @@ async fn a_stalled_subscriber_lags_while_others_miss_nothing() {
         .await
         .expect("slow")
         .into_inner();
-    let frames = 600;
-    let producer = Producer::start(&engine, "lag-cam", &["a cat", "a dog"], 0, frames);
+    // Paced, so that the reading subscriber has slack on a busy machine (a 64-result ring
+    // at 200 results/s: about 300 ms), while the stalled one, which can hold only a few
+    // hundred results in its channel and HTTP/2 window, falls out of the ring.
+    let frames = 1000;
+    let producer = Producer::start(&engine, "lag-cam", &["a cat", "a dog"], 200, frames);
     // The fast subscriber reads everything while the slow one reads nothing.
     let mut got = Vec::new();
     while (got.len() as u64) < frames {

@@ -238,6 +238,27 @@ async fn every_bad_request_gets_its_code_and_changes_nothing() {
         .expect_err("garbage image");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("decode"), "{}", status.message());
+    // A PNG whose header claims 60000x60000 pixels is refused before any allocation.
+    let status = c
+        .classify_image(v1::ClassifyImageRequest {
+            image: png_header_only(60_000, 60_000),
+            stream: "bad-cam".into(),
+            labels: None,
+        })
+        .await
+        .expect_err("a decompression bomb");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    // Larger than gRPC's default 4 MiB message, within the documented limit: it gets as
+    // far as the decoder.
+    let status = c
+        .classify_image(v1::ClassifyImageRequest {
+            image: vec![0; 6 << 20],
+            stream: "bad-cam".into(),
+            labels: None,
+        })
+        .await
+        .expect_err("6 MB of zeros");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     let status = c
         .stream_detections(v1::StreamDetectionsRequest {
             min_score: f32::NAN,
@@ -285,6 +306,15 @@ async fn every_stream_at_once_and_classify() {
     let b = Producer::start(&engine, "all-b", &["a fish", "a bird"], 0, 4);
     let server = server();
     let mut c = client(&server).await;
+    // Adding "a bird" to every stream: all-b has it, so nothing changes anywhere.
+    let status = c
+        .update_labels(update("", &["a bird"], &[], None))
+        .await
+        .expect_err("a duplicate in one of the sets");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert_eq!(current(&mut c, "all-a").await.version, 1, "all-a changed");
+    assert_eq!(names(&current(&mut c, "all-a").await), ["a cat", "a dog"]);
+    assert_eq!(current(&mut c, "all-b").await.version, 1);
     let changed = c
         .set_labels(v1::SetLabelsRequest {
             stream: String::new(),
@@ -344,6 +374,33 @@ async fn every_stream_at_once_and_classify() {
     assert!((sum - 1.0).abs() < 1e-4, "softmax sums to {sum}");
     a.finish();
     b.finish();
+}
+
+/// A PNG signature and header chunk for a `w` x `h` RGB image, and no pixels.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend(w.to_be_bytes());
+    chunk.extend(h.to_be_bytes());
+    chunk.extend([8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&chunk);
+    png.extend(crc32(&chunk).to_be_bytes());
+    png
 }
 
 fn red_png() -> Vec<u8> {

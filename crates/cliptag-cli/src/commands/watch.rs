@@ -61,6 +61,9 @@ async fn watch(args: Args) -> Result<()> {
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let mut seen = 0u64;
     let mut out = std::io::stdout().lock();
+    // One signal future for the whole loop: a Ctrl-C while a line prints is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let next = async {
             match deadline {
@@ -70,7 +73,7 @@ async fn watch(args: Args) -> Result<()> {
         };
         let message = tokio::select! {
             m = next => m,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = &mut ctrl_c => None,
         };
         let Some(message) = message else {
             return Ok(()); // duration or Ctrl-C

@@ -65,7 +65,7 @@ def main():
     grpc.channel_ready_future(channel).result(timeout=30)
 
     health = health_pb2_grpc.HealthStub(channel)
-    status = health.Check(health_pb2.HealthCheckRequest(service="cliptag.v1.Cliptag"))
+    status = health.Check(health_pb2.HealthCheckRequest(service="cliptag.v1.Cliptag"), timeout=30)
     check(status.status == health_pb2.HealthCheckResponse.SERVING, "health says SERVING")
 
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
@@ -111,7 +111,7 @@ def main():
     check(after == before, "refused requests left the set unchanged")
 
     detections = client.StreamDetections(
-        pb.StreamDetectionsRequest(streams=[stream], include_empty=True)
+        pb.StreamDetectionsRequest(streams=[stream], include_empty=True), timeout=120
     )
     old_names = {label.name for label in before.labels.labels}
     reply = client.SetLabels(
