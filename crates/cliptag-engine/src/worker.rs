@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cliptag_model::candle_core::{DType, Tensor};
-use cliptag_model::l2_normalize;
+use cliptag_model::{ClipModel, l2_normalize};
 use crossbeam_channel::RecvTimeoutError;
 use rayon::prelude::*;
 
@@ -91,19 +91,12 @@ fn infer(inner: &Inner, batch: Batch) {
     }
     let model = &inner.model;
     let s = model.network.image_size();
-    let per_image = 3 * s * s;
-    let mut pixels = vec![0f32; n * per_image];
-    // Frames are only Send: each is moved to the thread that preprocesses it and back.
-    let prepared: Vec<Prepared> = batch
-        .into_par_iter()
-        .zip(pixels.par_chunks_mut(per_image))
-        .map(|(item, out)| {
-            let outcome = preprocess(model, &item.1, s, out);
-            (item, outcome)
-        })
-        .collect();
-    let embeddings = Tensor::from_vec(pixels, (n, 3, s, s), model.network.device())
-        .map_err(cliptag_model::ModelError::from)
+    let (prepared, pixels) = if model.network.device().is_cpu() {
+        preprocess_on_host(model, batch, s)
+    } else {
+        preprocess_on_device(model, batch, s)
+    };
+    let embeddings = pixels
         .and_then(|t| model.network.image_features(&t))
         .and_then(|e| l2_normalize(&e))
         .and_then(|e| Ok(e.to_dtype(DType::F32)?.to_vec2::<f32>()?));
@@ -129,13 +122,68 @@ fn infer(inner: &Inner, batch: Batch) {
     }
 }
 
-/// Reads one frame's planes straight into its slot of the batch tensor.
-fn preprocess(
-    model: &cliptag_model::ClipModel,
-    job: &Job,
-    s: usize,
-    out: &mut [f32],
-) -> Result<(), String> {
+type Pixels = Result<Tensor, cliptag_model::ModelError>;
+
+/// On the CPU: every frame's planes straight into its slot of the batch tensor, frames
+/// in parallel.
+fn preprocess_on_host(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepared>, Pixels) {
+    let n = batch.len();
+    let per_image = 3 * s * s;
+    let mut pixels = vec![0f32; n * per_image];
+    // Frames are only Send: each is moved to the thread that preprocesses it and back.
+    let prepared: Vec<Prepared> = batch
+        .into_par_iter()
+        .zip(pixels.par_chunks_mut(per_image))
+        .map(|(item, out)| {
+            let outcome = check_size(model, &item.1, s).and_then(|()| {
+                model
+                    .preprocessor
+                    .preprocess_into(&item.1.frame.pixels(), out)
+                    .map_err(|e| e.to_string())
+            });
+            (item, outcome)
+        })
+        .collect();
+    let tensor = Tensor::from_vec(pixels, (n, 3, s, s), model.network.device());
+    (prepared, tensor.map_err(Into::into))
+}
+
+/// On a GPU: each frame's region goes to the device once; resize, crop and
+/// normalization run there. A frame that cannot be preprocessed gets a blank slot.
+fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepared>, Pixels) {
+    let device = model.network.device();
+    let mut slots = Vec::with_capacity(batch.len());
+    let prepared: Vec<Prepared> = batch
+        .into_iter()
+        .map(|item| {
+            let pixels = check_size(model, &item.1, s).and_then(|()| {
+                model
+                    .preprocessor
+                    .pixel_values_on(&[item.1.frame.pixels()], device)
+                    .map_err(|e| e.to_string())
+            });
+            let outcome = match pixels {
+                Ok(t) => {
+                    slots.push(Ok(t));
+                    Ok(())
+                }
+                Err(e) => {
+                    slots.push(Tensor::zeros((1, 3, s, s), DType::F32, device));
+                    Err(e)
+                }
+            };
+            (item, outcome)
+        })
+        .collect();
+    let tensor = slots
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|slots| Tensor::cat(&slots, 0));
+    (prepared, tensor.map_err(Into::into))
+}
+
+/// Whether the preprocessor makes what the vision tower takes from this frame.
+fn check_size(model: &ClipModel, job: &Job, s: usize) -> Result<(), String> {
     let frame = job.frame.pixels();
     let size = model
         .preprocessor
@@ -147,8 +195,5 @@ fn preprocess(
             size.0, size.1
         ));
     }
-    model
-        .preprocessor
-        .preprocess_into(&frame, out)
-        .map_err(|e| e.to_string())
+    Ok(())
 }

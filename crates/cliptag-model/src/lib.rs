@@ -217,9 +217,26 @@ impl ClipModel {
         })
     }
 
-    /// Preprocesses frames into one `[n, 3, S, S]` batch on the model's device.
+    /// Preprocesses frames into one `[n, 3, S, S]` batch on the model's device (on a GPU,
+    /// resized and normalized there: [`Preprocessor::pixel_values_on`]).
     pub fn pixel_values(&self, frames: &[FrameRef<'_>]) -> Result<Tensor> {
         let s = self.network.image_size();
+        if !self.network.device().is_cpu() {
+            for frame in frames {
+                let size = self
+                    .preprocessor
+                    .output_size(frame.width(), frame.height())?;
+                if size != (s, s) {
+                    return Err(ModelError::Input(format!(
+                        "the preprocessor makes {}x{} images, the vision tower takes {s}x{s}",
+                        size.0, size.1
+                    )));
+                }
+            }
+            return self
+                .preprocessor
+                .pixel_values_on(frames, self.network.device());
+        }
         let per_image = 3 * s * s;
         let mut batch = vec![0f32; frames.len() * per_image];
         for (frame, out) in frames.iter().zip(batch.chunks_exact_mut(per_image)) {

@@ -7,6 +7,7 @@
 //! crop, so no full-size RGB copy of the frame is ever made.
 
 mod config;
+mod device;
 mod frame;
 mod resample;
 

@@ -73,7 +73,7 @@ fn sinc(x: f64) -> f64 {
     }
 }
 
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+pub(crate) const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Fixed-point weights of the source pixels `first..first + weights.len()` for one
 /// output pixel.

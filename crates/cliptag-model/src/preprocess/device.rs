@@ -1,0 +1,114 @@
+//! Preprocessing as tensor operations on the model's device, for GPUs: the source region
+//! the crop needs goes to the device once as 8-bit RGB, and the resize, the crop and the
+//! normalization run there.
+//!
+//! The resize is Pillow's separable filter written as two matrix products with exactly
+//! the taps the CPU path uses (`W_y · image · W_xᵀ` per channel), rounded and clamped to
+//! 8 bits after each pass as Pillow does. It differs from the CPU path only where float
+//! sums and Pillow's fixed-point sums round a half level differently (measured in the
+//! tests).
+//!
+//! The conversion of the region to RGB (a byte shuffle for packed formats, table lookups
+//! for YUV) still runs on the host, row by row, without resizing anything.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::resample::{PRECISION_BITS, Taps};
+use super::{FrameRef, Preprocessor, ResizePlan};
+use crate::error::Result;
+
+/// The dense `[taps.len(), n]` matrix of the fixed-point taps, as fractions: row `i`
+/// holds output pixel `i`'s weights over source pixels `src0..src0 + n`.
+fn weight_matrix(taps: &[Taps], src0: usize, n: usize) -> Vec<f32> {
+    let scale = 1.0 / f64::from(1u32 << PRECISION_BITS);
+    let mut m = vec![0f32; taps.len() * n];
+    for (row, t) in m.chunks_exact_mut(n).zip(taps) {
+        for (k, &w) in t.weights.iter().enumerate() {
+            row[t.first - src0 + k] = (f64::from(w) * scale) as f32;
+        }
+    }
+    m
+}
+
+impl Preprocessor {
+    /// `pixel_values` `[n, 3, H, W]` of `frames`, resized, cropped and normalized on
+    /// `device` (see the module's notes on how it differs from [`Preprocessor::preprocess`]).
+    pub fn pixel_values_on(&self, frames: &[FrameRef<'_>], device: &Device) -> Result<Tensor> {
+        let mut images = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let plan = self.plan(frame.width(), frame.height())?;
+            images.push(self.resize_on(frame, &plan, device)?);
+        }
+        let batch = Tensor::stack(&images, 0)?;
+        Ok(self.normalize_on(&batch, device)?)
+    }
+
+    /// One frame resized and cropped: `[3, H, W]` f32 in 0..=255, whole levels.
+    fn resize_on(
+        &self,
+        frame: &FrameRef<'_>,
+        plan: &ResizePlan,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (ow, oh) = plan.output;
+        let (crop_w, crop_h) = (plan.cols.len(), plan.rows.len());
+        if crop_w == 0 || crop_h == 0 {
+            return Ok(Tensor::zeros((3, oh, ow), DType::F32, device)?);
+        }
+        let (src_w, src_h) = (plan.src_cols.len(), plan.src_rows.len());
+        let mut region = vec![0u8; src_h * src_w * 3];
+        let converter = frame.row_converter();
+        for (row, y) in region
+            .chunks_exact_mut(src_w * 3)
+            .zip(plan.src_rows.clone())
+        {
+            frame.row_to_rgb(&converter, y, plan.src_cols.start, plan.src_cols.end, row);
+        }
+        let image = Tensor::from_vec(region, (src_h, src_w, 3), device)?
+            .to_dtype(DType::F32)?
+            .permute((2, 0, 1))?
+            .contiguous()?;
+        let wx = Tensor::from_vec(
+            weight_matrix(&plan.h_taps, plan.src_cols.start, src_w),
+            (crop_w, src_w),
+            device,
+        )?;
+        let wy = Tensor::from_vec(
+            weight_matrix(&plan.v_taps, plan.src_rows.start, src_h),
+            (1, crop_h, src_h),
+            device,
+        )?;
+        // [3, src_h, src_w] · W_xᵀ -> [3, src_h, crop_w]; W_y · that -> [3, crop_h, crop_w].
+        // Each pass rounds and clamps to 8 bits, as Pillow's passes do: the filter
+        // overshoots at sharp edges, and the clamp in between is part of the result.
+        let levels = |t: Tensor| t.round()?.clamp(0f32, 255f32);
+        let across = levels(image.broadcast_matmul(&wx.t()?)?)?;
+        let mut out = levels(wy.broadcast_matmul(&across)?)?;
+        // What lies outside the resized image is 0, as center_crop pads.
+        let x0 = (plan.cols.start as isize - plan.offset.0) as usize;
+        let y0 = (plan.rows.start as isize - plan.offset.1) as usize;
+        if (crop_w, crop_h) != (ow, oh) {
+            out = out
+                .pad_with_zeros(2, x0, ow - x0 - crop_w)?
+                .pad_with_zeros(1, y0, oh - y0 - crop_h)?;
+        }
+        Ok(out)
+    }
+
+    /// Rescaling and normalization of `[n, 3, H, W]` levels, as the configuration says.
+    fn normalize_on(&self, levels: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
+        let cfg = &self.config;
+        let mut x = levels.clone();
+        if cfg.do_rescale {
+            x = x.affine(cfg.rescale_factor, 0.0)?;
+        }
+        if cfg.do_normalize {
+            let column =
+                |v: [f64; 3]| Tensor::from_vec(v.map(|v| v as f32).to_vec(), (1, 3, 1, 1), device);
+            x = x
+                .broadcast_sub(&column(cfg.image_mean)?)?
+                .broadcast_div(&column(cfg.image_std)?)?;
+        }
+        Ok(x)
+    }
+}
