@@ -128,7 +128,8 @@ pub fn run(args: Args) -> Result<()> {
     if labels.is_empty() {
         bail!("no labels: give --labels \"a,b\"");
     }
-    let server = Server::start(ServerConfig {
+    // Shared: an element in this process naming the same address serves through it too.
+    let server = Server::shared(ServerConfig {
         address: args.grpc.clone(),
         token: args.token.clone(),
         tls: args
