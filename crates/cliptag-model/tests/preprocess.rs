@@ -338,15 +338,22 @@ fn gray_frames_expand_to_three_equal_channels() {
 /// 0.001 level, in RGB, BGRx, I420 and NV12, with and without padding to the crop.
 #[test]
 fn the_device_path_matches_the_host_path_within_a_level() {
-    let pre = Preprocessor::new(PreprocessConfig::clip_defaults(224));
+    // CLIP's own settings, and a resize smaller than the crop, which pads.
+    let mut padding = PreprocessConfig::clip_defaults(224);
+    padding.size = cliptag_model::preprocess::ResizeTarget::ShortestEdge(200);
     let device = cliptag_model::candle_core::Device::Cpu;
     let mut worst = (0f32, 0f32);
-    for name in [
+    let photos = [
         "chelsea.png",
         "rocket.jpg",
         "astronaut_tall.jpg",
         "coffee_small.png",
-    ] {
+    ];
+    for (pre, name) in [PreprocessConfig::clip_defaults(224), padding]
+        .into_iter()
+        .map(Preprocessor::new)
+        .flat_map(|pre| photos.map(move |name| (pre.clone(), name)))
+    {
         let image = photo(name);
         for format in [
             PixelFormat::Rgb,
