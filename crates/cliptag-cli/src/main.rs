@@ -2,6 +2,7 @@
 
 mod commands;
 mod grpc_args;
+mod label_args;
 mod model_arg;
 
 use std::process::ExitCode;

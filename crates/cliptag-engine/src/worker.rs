@@ -135,7 +135,7 @@ fn preprocess_on_host(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepare
         .into_par_iter()
         .zip(pixels.par_chunks_mut(per_image))
         .map(|(item, out)| {
-            let outcome = check_size(model, &item.1, s).and_then(|()| {
+            let outcome = check_size(model, &item.1).and_then(|()| {
                 model
                     .preprocessor
                     .preprocess_into(&item.1.frame.pixels(), out)
@@ -156,7 +156,7 @@ fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepa
     let prepared: Vec<Prepared> = batch
         .into_iter()
         .map(|item| {
-            let pixels = check_size(model, &item.1, s).and_then(|()| {
+            let pixels = check_size(model, &item.1).and_then(|()| {
                 model
                     .preprocessor
                     .pixel_values_on(&[item.1.frame.pixels()], device)
@@ -183,17 +183,8 @@ fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepa
 }
 
 /// Whether the preprocessor makes what the vision tower takes from this frame.
-fn check_size(model: &ClipModel, job: &Job, s: usize) -> Result<(), String> {
-    let frame = job.frame.pixels();
-    let size = model
-        .preprocessor
-        .output_size(frame.width(), frame.height())
-        .map_err(|e| e.to_string())?;
-    if size != (s, s) {
-        return Err(format!(
-            "the preprocessor makes {}x{} images, the vision tower takes {s}x{s}",
-            size.0, size.1
-        ));
-    }
-    Ok(())
+fn check_size(model: &ClipModel, job: &Job) -> Result<(), String> {
+    model
+        .check_frame_size(&job.frame.pixels())
+        .map_err(|e| e.to_string())
 }

@@ -221,18 +221,10 @@ impl ClipModel {
     /// resized and normalized there: [`Preprocessor::pixel_values_on`]).
     pub fn pixel_values(&self, frames: &[FrameRef<'_>]) -> Result<Tensor> {
         let s = self.network.image_size();
+        for frame in frames {
+            self.check_frame_size(frame)?;
+        }
         if !self.network.device().is_cpu() {
-            for frame in frames {
-                let size = self
-                    .preprocessor
-                    .output_size(frame.width(), frame.height())?;
-                if size != (s, s) {
-                    return Err(ModelError::Input(format!(
-                        "the preprocessor makes {}x{} images, the vision tower takes {s}x{s}",
-                        size.0, size.1
-                    )));
-                }
-            }
             return self
                 .preprocessor
                 .pixel_values_on(frames, self.network.device());
@@ -240,15 +232,6 @@ impl ClipModel {
         let per_image = 3 * s * s;
         let mut batch = vec![0f32; frames.len() * per_image];
         for (frame, out) in frames.iter().zip(batch.chunks_exact_mut(per_image)) {
-            let size = self
-                .preprocessor
-                .output_size(frame.width(), frame.height())?;
-            if size != (s, s) {
-                return Err(ModelError::Input(format!(
-                    "the preprocessor makes {}x{} images, the vision tower takes {s}x{s}",
-                    size.0, size.1
-                )));
-            }
             self.preprocessor.preprocess_into(frame, out)?;
         }
         Ok(Tensor::from_vec(
@@ -256,6 +239,21 @@ impl ClipModel {
             (frames.len(), 3, s, s),
             self.network.device(),
         )?)
+    }
+
+    /// Whether the preprocessor makes from `frame` the size the vision tower takes.
+    pub fn check_frame_size(&self, frame: &FrameRef<'_>) -> Result<()> {
+        let s = self.network.image_size();
+        let size = self
+            .preprocessor
+            .output_size(frame.width(), frame.height())?;
+        if size != (s, s) {
+            return Err(ModelError::Input(format!(
+                "the preprocessor makes {}x{} images, the vision tower takes {s}x{s}",
+                size.0, size.1
+            )));
+        }
+        Ok(())
     }
 
     /// Projected image embeddings `[n, projection_dim]` of frames.

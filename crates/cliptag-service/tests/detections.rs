@@ -14,15 +14,8 @@ use tonic::transport::{Channel, Endpoint};
 
 fn set(names: &[&str]) -> v1::LabelSet {
     v1::LabelSet {
-        labels: names
-            .iter()
-            .map(|n| v1::Label {
-                name: n.to_string(),
-                prompts: vec![],
-            })
-            .collect(),
         top_k: 3,
-        ..Default::default()
+        ..common::set(names)
     }
 }
 

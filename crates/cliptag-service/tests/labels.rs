@@ -7,22 +7,9 @@ use std::time::Duration;
 
 use cliptag_service::v1::{self, cliptag_client::CliptagClient};
 use cliptag_service::{Server, ServerConfig, TlsFiles};
-use common::{Producer, client, engine, serial, server};
+use common::{Producer, client, engine, serial, server, set};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-fn set(names: &[&str]) -> v1::LabelSet {
-    v1::LabelSet {
-        labels: names
-            .iter()
-            .map(|n| v1::Label {
-                name: n.to_string(),
-                prompts: vec![],
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
 
 async fn current(client: &mut CliptagClient<Channel>, stream: &str) -> v1::LabelSetState {
     let reply = client

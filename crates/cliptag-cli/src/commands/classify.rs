@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use cliptag_model::image_file;
 use serde_json::json;
 
+use crate::label_args::LabelArgs;
 use crate::model_arg::ModelArgs;
 
 /// Arguments of `cliptag classify`.
@@ -16,12 +17,8 @@ pub struct Args {
     /// The image file (PNG or JPEG).
     #[arg(long, value_name = "FILE")]
     image: PathBuf,
-    /// Comma-separated labels.
-    #[arg(long, value_name = "A,B,...")]
-    labels: Option<String>,
-    /// One label that may contain commas; repeat for several.
-    #[arg(long = "label", value_name = "TEXT")]
-    label: Vec<String>,
+    #[command(flatten)]
+    labels: LabelArgs,
     /// Prompt template; `{}` is replaced by the label.
     #[arg(long, default_value = "{}")]
     template: String,
@@ -32,17 +29,7 @@ pub struct Args {
 
 /// Ranks the labels by probability, best first.
 pub fn run(args: Args) -> Result<()> {
-    let mut labels: Vec<String> = args
-        .labels
-        .iter()
-        .flat_map(|l| l.split(','))
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    labels.extend(args.label.iter().map(|l| l.trim().to_string()));
-    if labels.is_empty() {
-        bail!("no labels: give --labels \"a,b\" or --label TEXT");
-    }
+    let labels = args.labels.names()?;
     if let Some(dup) = labels
         .iter()
         .enumerate()

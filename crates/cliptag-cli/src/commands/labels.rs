@@ -1,10 +1,11 @@
 //! `cliptag labels get|set|add|remove`: read and change a running server's label sets.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use cliptag_service::v1;
 use serde_json::json;
 
 use crate::grpc_args::{ClientArgs, describe, runtime};
+use crate::label_args::LabelArgs;
 
 /// Arguments of `cliptag labels`.
 #[derive(Debug, clap::Args)]
@@ -74,34 +75,6 @@ struct Target {
     json: bool,
 }
 
-/// Labels named on the command line.
-#[derive(Debug, clap::Args)]
-struct LabelArgs {
-    /// Comma-separated labels.
-    #[arg(long, value_name = "A,B,...")]
-    labels: Option<String>,
-    /// One label that may contain commas; repeat for several.
-    #[arg(long = "label", value_name = "TEXT")]
-    label: Vec<String>,
-}
-
-impl LabelArgs {
-    fn names(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .labels
-            .iter()
-            .flat_map(|l| l.split(','))
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        names.extend(self.label.iter().map(|l| l.trim().to_string()));
-        if names.is_empty() {
-            bail!("no labels: give --labels \"a,b\" or --label TEXT");
-        }
-        Ok(names)
-    }
-}
-
 fn labels(names: Vec<String>) -> Vec<v1::Label> {
     names
         .into_iter()
@@ -165,33 +138,35 @@ async fn act(action: Action) -> Result<()> {
             target,
             labels: names,
         } => {
-            let mut client = target.client.connect().await?;
-            let request = target.client.request(v1::UpdateLabelsRequest {
-                stream: target.stream.clone().unwrap_or_default(),
-                add: labels(names.names()?),
-                remove: vec![],
-                if_version: target.if_version,
-            })?;
-            let reply = client.update_labels(request).await.map_err(describe)?;
-            (target, reply.into_inner().sets)
+            let sets = update(&target, labels(names.names()?), vec![]).await?;
+            (target, sets)
         }
         Action::Remove {
             target,
             labels: names,
         } => {
-            let mut client = target.client.connect().await?;
-            let request = target.client.request(v1::UpdateLabelsRequest {
-                stream: target.stream.clone().unwrap_or_default(),
-                add: vec![],
-                remove: names.names()?,
-                if_version: target.if_version,
-            })?;
-            let reply = client.update_labels(request).await.map_err(describe)?;
-            (target, reply.into_inner().sets)
+            let sets = update(&target, vec![], names.names()?).await?;
+            (target, sets)
         }
     };
     print_sets(&sets, target.json);
     Ok(())
+}
+
+async fn update(
+    target: &Target,
+    add: Vec<v1::Label>,
+    remove: Vec<String>,
+) -> Result<Vec<v1::LabelSetState>> {
+    let mut client = target.client.connect().await?;
+    let request = target.client.request(v1::UpdateLabelsRequest {
+        stream: target.stream.clone().unwrap_or_default(),
+        add,
+        remove,
+        if_version: target.if_version,
+    })?;
+    let reply = client.update_labels(request).await.map_err(describe)?;
+    Ok(reply.into_inner().sets)
 }
 
 fn print_sets(sets: &[v1::LabelSetState], as_json: bool) {

@@ -132,3 +132,17 @@ pub async fn client(server: &Server) -> CliptagClient<Channel> {
     let url = format!("http://{}", server.local_addr());
     CliptagClient::connect(url).await.expect("connect")
 }
+
+/// A label set of these names, everything else at its default.
+pub fn set(names: &[&str]) -> cliptag_service::v1::LabelSet {
+    cliptag_service::v1::LabelSet {
+        labels: names
+            .iter()
+            .map(|n| cliptag_service::v1::Label {
+                name: n.to_string(),
+                prompts: vec![],
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
