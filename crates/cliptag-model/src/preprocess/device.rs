@@ -1,6 +1,6 @@
 //! Preprocessing as tensor operations on the model's device, for GPUs: the source region
-//! the crop needs goes to the device once as 8-bit RGB, and the resize, the crop and the
-//! normalization run there.
+//! the crop needs goes to the device once, in the frame's own format, and the conversion
+//! to RGB, the resize, the crop and the normalization run there.
 //!
 //! The resize is Pillow's separable filter written as two matrix products with exactly
 //! the taps the CPU path uses (`W_y · image · W_xᵀ` per channel), rounded and clamped to
@@ -8,11 +8,12 @@
 //! sums and Pillow's fixed-point sums round a half level differently (measured in the
 //! tests).
 //!
-//! The conversion of the region to RGB (a byte shuffle for packed formats, table lookups
-//! for YUV) still runs on the host, row by row, without resizing anything.
+//! The frame's bytes go up as they are: the conversion to RGB runs on the device too
+//! (see `device_rgb`), so the host only copies the rows of the region the crop needs.
 
 use candle_core::{DType, Device, Tensor};
 
+use super::device_rgb::region_rgb_on;
 use super::resample::{PRECISION_BITS, Taps};
 use super::{FrameRef, Preprocessor, ResizePlan};
 use crate::error::Result;
@@ -56,18 +57,7 @@ impl Preprocessor {
             return Ok(Tensor::zeros((3, oh, ow), DType::F32, device)?);
         }
         let (src_w, src_h) = (plan.src_cols.len(), plan.src_rows.len());
-        let mut region = vec![0u8; src_h * src_w * 3];
-        let converter = frame.row_converter();
-        for (row, y) in region
-            .chunks_exact_mut(src_w * 3)
-            .zip(plan.src_rows.clone())
-        {
-            frame.row_to_rgb(&converter, y, plan.src_cols.start, plan.src_cols.end, row);
-        }
-        let image = Tensor::from_vec(region, (src_h, src_w, 3), device)?
-            .to_dtype(DType::F32)?
-            .permute((2, 0, 1))?
-            .contiguous()?;
+        let image = region_rgb_on(frame, plan.src_rows.clone(), plan.src_cols.clone(), device)?;
         let wx = Tensor::from_vec(
             weight_matrix(&plan.h_taps, plan.src_cols.start, src_w),
             (crop_w, src_w),

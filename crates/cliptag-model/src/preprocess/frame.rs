@@ -76,7 +76,7 @@ impl PixelFormat {
     }
 
     /// For packed RGB formats: bytes per pixel and the byte offsets of R, G and B.
-    fn packed_layout(self) -> Option<(usize, [usize; 3])> {
+    pub(super) fn packed_layout(self) -> Option<(usize, [usize; 3])> {
         Some(match self {
             Self::Rgb => (3, [0, 1, 2]),
             Self::Bgr => (3, [2, 1, 0]),
@@ -90,7 +90,7 @@ impl PixelFormat {
     }
 
     /// Byte offset of the alpha channel, for formats that have one.
-    fn alpha_offset(self) -> Option<usize> {
+    pub(super) fn alpha_offset(self) -> Option<usize> {
         match self {
             Self::Rgba | Self::Bgra => Some(3),
             Self::Argb | Self::Abgr => Some(0),
@@ -259,9 +259,15 @@ impl<'a> FrameRef<'a> {
         self.format
     }
 
-    fn row(&self, plane: usize, y: usize) -> &'a [u8] {
+    /// Row `y` of `plane`, from its first byte to the end of the plane.
+    pub(super) fn row(&self, plane: usize, y: usize) -> &'a [u8] {
         let start = y * self.strides[plane];
         &self.planes[plane][start..]
+    }
+
+    /// How YUV samples map to RGB.
+    pub(super) fn colorimetry(&self) -> Colorimetry {
+        self.colorimetry
     }
 
     /// What converting this frame's rows to RGB needs, computed once per frame.
@@ -334,16 +340,16 @@ pub(crate) struct RowConverter {
 
 /// YUV -> RGB as table lookups: every term of the matrix for every byte value, in fixed
 /// point with 16 fractional bits, from the matrix's luma weights.
-struct YuvTables {
-    y: [i32; 256],
-    r_v: [i32; 256],
-    g_u: [i32; 256],
-    g_v: [i32; 256],
-    b_u: [i32; 256],
+pub(super) struct YuvTables {
+    pub(super) y: [i32; 256],
+    pub(super) r_v: [i32; 256],
+    pub(super) g_u: [i32; 256],
+    pub(super) g_v: [i32; 256],
+    pub(super) b_u: [i32; 256],
 }
 
 impl YuvTables {
-    fn new(c: Colorimetry) -> Self {
+    pub(super) fn new(c: Colorimetry) -> Self {
         let (kr, kb) = c.matrix.luma_weights();
         let kg = 1.0 - kr - kb;
         let (y_offset, y_scale, c_scale) = match c.range {

@@ -8,6 +8,7 @@
 
 mod config;
 mod device;
+mod device_rgb;
 mod frame;
 mod resample;
 
