@@ -15,17 +15,18 @@ pub struct ModelArgs {
     /// Device to run on: cpu, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Precision of the weights: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
+    /// Precision of the weights: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU).
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
 
 impl ModelArgs {
     /// Loads the model these options name.
     pub fn load(&self) -> Result<ClipModel> {
+        let device = cliptag_model::parse_device(&self.device)?;
         let options = LoadOptions {
-            device: cliptag_model::parse_device(&self.device)?,
-            dtype: cliptag_model::parse_dtype(&self.dtype)?,
+            dtype: cliptag_model::parse_dtype_for(&self.dtype, &device)?,
+            device,
         };
         ClipModel::open(self.model.as_deref(), &options).with_context(|| match &self.model {
             Some(dir) => format!("cannot load model {}", dir.display()),

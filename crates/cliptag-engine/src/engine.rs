@@ -27,7 +27,7 @@ pub struct EngineConfig {
     pub model: Option<PathBuf>,
     /// `cpu`, `cuda:N` or `auto`.
     pub device: String,
-    /// `f32`, `f16` or `bf16`.
+    /// `f32`, `f16`, `bf16` or `auto` (f16 on a GPU, f32 on the CPU).
     pub dtype: String,
     /// Most frames per forward pass.
     pub max_batch: usize,
@@ -44,7 +44,7 @@ impl Default for EngineConfig {
         Self {
             model: None,
             device: "cpu".into(),
-            dtype: "f32".into(),
+            dtype: "auto".into(),
             max_batch: 8,
             max_latency: Duration::from_millis(20),
             text_cache: 16_384,
@@ -140,9 +140,10 @@ impl Engine {
     /// Loads the model the config names and starts the worker.
     pub fn new(config: EngineConfig) -> Result<Arc<Self>> {
         config.validate()?;
+        let device = cliptag_model::parse_device(&config.device)?;
         let options = LoadOptions {
-            device: cliptag_model::parse_device(&config.device)?,
-            dtype: cliptag_model::parse_dtype(&config.dtype)?,
+            dtype: cliptag_model::parse_dtype_for(&config.dtype, &device)?,
+            device,
         };
         let model = ClipModel::open(config.model.as_deref(), &options)?;
         Self::with_model(Arc::new(model), config)

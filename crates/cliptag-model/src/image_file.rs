@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::{ModelError, Result};
-use crate::preprocess::{FrameRef, PixelFormat, over_white};
+use crate::preprocess::{Colorimetry, FrameRef, PixelFormat, over_white, rgb_to_yuv};
 
 /// A decoded image in packed 8-bit RGB.
 #[derive(Debug, Clone)]
@@ -21,6 +21,87 @@ impl RgbImage {
     /// The image as a frame for the preprocessor.
     pub fn frame(&self) -> Result<FrameRef<'_>> {
         FrameRef::packed(PixelFormat::Rgb, self.width, self.height, &self.data)
+    }
+
+    /// The image as a video source would deliver it in `format`: its planes, each row
+    /// followed by `pad` spare bytes (so a plane's stride is its row size plus `pad`).
+    /// YUV uses `colorimetry`, with each 2x2 block's chroma averaged as encoders
+    /// subsample it; alpha is opaque and padding bytes are 0x5a.
+    pub fn repack(
+        &self,
+        format: PixelFormat,
+        pad: usize,
+        colorimetry: Colorimetry,
+    ) -> Vec<Vec<u8>> {
+        let (w, h) = (self.width, self.height);
+        let px = |x: usize, y: usize| {
+            let i = (y * w + x) * 3;
+            [self.data[i], self.data[i + 1], self.data[i + 2]]
+        };
+        match format {
+            PixelFormat::I420 | PixelFormat::Nv12 => {
+                let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+                let mut luma = vec![0u8; (w + pad) * h];
+                let mut u = vec![0u8; (cw + pad) * ch];
+                let mut v = vec![0u8; (cw + pad) * ch];
+                for y in 0..h {
+                    for x in 0..w {
+                        luma[y * (w + pad) + x] = rgb_to_yuv(px(x, y), colorimetry).0;
+                    }
+                }
+                for cy in 0..ch {
+                    for cx in 0..cw {
+                        // Chroma of the 2x2 block, averaged as encoders subsample it.
+                        let (mut su, mut sv, mut n) = (0u32, 0u32, 0u32);
+                        for (x, y) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                            let (x, y) = (2 * cx + x, 2 * cy + y);
+                            if x < w && y < h {
+                                let (_, pu, pv) = rgb_to_yuv(px(x, y), colorimetry);
+                                su += u32::from(pu);
+                                sv += u32::from(pv);
+                                n += 1;
+                            }
+                        }
+                        u[cy * (cw + pad) + cx] = ((su + n / 2) / n) as u8;
+                        v[cy * (cw + pad) + cx] = ((sv + n / 2) / n) as u8;
+                    }
+                }
+                if format == PixelFormat::I420 {
+                    vec![luma, u, v]
+                } else {
+                    let stride = 2 * cw + pad;
+                    let mut uv = vec![0u8; stride * ch];
+                    for cy in 0..ch {
+                        for cx in 0..cw {
+                            uv[cy * stride + 2 * cx] = u[cy * (cw + pad) + cx];
+                            uv[cy * stride + 2 * cx + 1] = v[cy * (cw + pad) + cx];
+                        }
+                    }
+                    vec![luma, uv]
+                }
+            }
+            packed => {
+                let name = packed.name();
+                let bpp = name.len();
+                let stride = w * bpp + pad;
+                let mut out = vec![0u8; stride * h];
+                for y in 0..h {
+                    for x in 0..w {
+                        let [r, g, b] = px(x, y);
+                        for (k, c) in name.chars().enumerate() {
+                            out[y * stride + x * bpp + k] = match c {
+                                'R' => r,
+                                'G' => g,
+                                'B' => b,
+                                'A' => 255,
+                                _ => 0x5a,
+                            };
+                        }
+                    }
+                }
+                vec![out]
+            }
+        }
     }
 }
 

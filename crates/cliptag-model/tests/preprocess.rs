@@ -7,7 +7,7 @@
 mod common;
 
 use cliptag_model::image_file::{RgbImage, load_rgb};
-use cliptag_model::preprocess::{Colorimetry, YuvMatrix, YuvRange, rgb_to_yuv};
+use cliptag_model::preprocess::{Colorimetry, YuvMatrix, YuvRange};
 use cliptag_model::{FrameRef, PixelFormat, PreprocessConfig, Preprocessor};
 use common::*;
 
@@ -109,84 +109,6 @@ fn alpha_is_laid_over_white() {
     );
 }
 
-/// Repacks an RGB image into `format` with `pad` extra bytes at the end of every row.
-fn repack(
-    image: &RgbImage,
-    format: PixelFormat,
-    pad: usize,
-    colorimetry: Colorimetry,
-) -> Vec<Vec<u8>> {
-    let (w, h) = (image.width, image.height);
-    let px = |x: usize, y: usize| {
-        let i = (y * w + x) * 3;
-        [image.data[i], image.data[i + 1], image.data[i + 2]]
-    };
-    match format {
-        PixelFormat::I420 | PixelFormat::Nv12 => {
-            let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-            let mut luma = vec![0u8; (w + pad) * h];
-            let mut u = vec![0u8; (cw + pad) * ch];
-            let mut v = vec![0u8; (cw + pad) * ch];
-            for y in 0..h {
-                for x in 0..w {
-                    luma[y * (w + pad) + x] = rgb_to_yuv(px(x, y), colorimetry).0;
-                }
-            }
-            for cy in 0..ch {
-                for cx in 0..cw {
-                    // Chroma of the 2x2 block, averaged as encoders subsample it.
-                    let (mut su, mut sv, mut n) = (0u32, 0u32, 0u32);
-                    for (x, y) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                        let (x, y) = (2 * cx + x, 2 * cy + y);
-                        if x < w && y < h {
-                            let (_, pu, pv) = rgb_to_yuv(px(x, y), colorimetry);
-                            su += u32::from(pu);
-                            sv += u32::from(pv);
-                            n += 1;
-                        }
-                    }
-                    u[cy * (cw + pad) + cx] = ((su + n / 2) / n) as u8;
-                    v[cy * (cw + pad) + cx] = ((sv + n / 2) / n) as u8;
-                }
-            }
-            if format == PixelFormat::I420 {
-                vec![luma, u, v]
-            } else {
-                let stride = 2 * cw + pad;
-                let mut uv = vec![0u8; stride * ch];
-                for cy in 0..ch {
-                    for cx in 0..cw {
-                        uv[cy * stride + 2 * cx] = u[cy * (cw + pad) + cx];
-                        uv[cy * stride + 2 * cx + 1] = v[cy * (cw + pad) + cx];
-                    }
-                }
-                vec![luma, uv]
-            }
-        }
-        packed => {
-            let name = packed.name();
-            let bpp = name.len();
-            let stride = w * bpp + pad;
-            let mut out = vec![0u8; stride * h];
-            for y in 0..h {
-                for x in 0..w {
-                    let [r, g, b] = px(x, y);
-                    for (k, c) in name.chars().enumerate() {
-                        out[y * stride + x * bpp + k] = match c {
-                            'R' => r,
-                            'G' => g,
-                            'B' => b,
-                            'A' => 255,
-                            _ => 0x5a,
-                        };
-                    }
-                }
-            }
-            vec![out]
-        }
-    }
-}
-
 fn frame_of<'a>(
     planes: &'a [Vec<u8>],
     format: PixelFormat,
@@ -216,7 +138,7 @@ fn every_packed_format_and_stride_gives_the_same_tensor() {
                 continue;
             }
             for pad in [0, 13] {
-                let planes = repack(&image, format, pad, Colorimetry::default());
+                let planes = image.repack(format, pad, Colorimetry::default());
                 let frame = frame_of(&planes, format, image.width, image.height, pad);
                 let (ours, _) = pre.preprocess(&frame).expect("run");
                 assert!(
@@ -247,7 +169,7 @@ fn yuv_frames_match_rgb_within_what_subsampling_allows() {
             for range in [YuvRange::Limited, YuvRange::Full] {
                 let colorimetry = Colorimetry { matrix, range };
                 for format in [PixelFormat::I420, PixelFormat::Nv12] {
-                    let planes = repack(&image, format, 7, colorimetry);
+                    let planes = image.repack(format, 7, colorimetry);
                     let frame = frame_of(&planes, format, image.width, image.height, 7)
                         .with_colorimetry(colorimetry);
                     let (ours, _) = pre.preprocess(&frame).expect("run");
@@ -296,7 +218,7 @@ fn odd_and_tiny_sizes_work_in_every_format() {
             if format == PixelFormat::Gray8 {
                 continue;
             }
-            let planes = repack(&crop, format, 1, Colorimetry::default());
+            let planes = crop.repack(format, 1, Colorimetry::default());
             let frame = frame_of(&planes, format, w, h, 1);
             let (values, size) = pre.preprocess(&frame).expect("run");
             assert_eq!(size, (224, 224));
@@ -361,7 +283,7 @@ fn the_device_path_matches_the_host_path_within_a_level() {
             PixelFormat::I420,
             PixelFormat::Nv12,
         ] {
-            let planes = repack(&image, format, 3, Colorimetry::default());
+            let planes = image.repack(format, 3, Colorimetry::default());
             let frame = frame_of(&planes, format, image.width, image.height, 3);
             let (host, _) = pre.preprocess(&frame).expect("host");
             let on_device = pre

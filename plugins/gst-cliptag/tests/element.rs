@@ -567,6 +567,7 @@ fn gst_inspect_shows_every_property_with_its_blurb() {
     for property in [
         "model",
         "device",
+        "dtype",
         "labels",
         "label-list",
         "labels-file",

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 
 use crate::model_arg::ModelArgs;
@@ -116,8 +116,10 @@ pub fn run(args: Args) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let mut results = Vec::new();
     for &batch in &args.batch {
-        let pixels =
-            Tensor::randn(0f32, 1f32, (batch, 3, s, s), net.device())?.to_dtype(DType::F32)?;
+        // Made on the host: random numbers on a GPU would need cuRAND, which only this
+        // line would use.
+        let pixels = Tensor::randn(0f32, 1f32, (batch, 3, s, s), &candle_core::Device::Cpu)?
+            .to_device(net.device())?;
         net.image_features(&pixels)?;
         let budget = Duration::from_secs_f64(args.seconds);
         let start = Instant::now();
@@ -171,7 +173,7 @@ pub fn run(args: Args) -> Result<()> {
             json!({
                 "engine": "cliptag",
                 "device": args.model.device,
-                "dtype": args.model.dtype,
+                "dtype": format!("{:?}", net.dtype()).to_lowercase(),
                 "threads": threads,
                 "results": results,
                 "preprocessing": preprocessing,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use cliptag_model::image_file;
+use cliptag_model::preprocess::{Colorimetry, FrameRef, PixelFormat};
 use serde_json::{Map, Value};
 
 use crate::model_arg::ModelArgs;
@@ -17,9 +18,21 @@ pub struct Args {
     /// An image file (PNG or JPEG); repeat for several.
     #[arg(long = "image", value_name = "FILE")]
     images: Vec<PathBuf>,
+    /// Hand each image to the preprocessor as a raw frame in this GStreamer format (RGB,
+    /// BGRx, I420, NV12, ...), as the element would receive it from a video source: to
+    /// compare formats and devices.
+    #[arg(long, default_value = "RGB", value_parser = parse_format)]
+    format: PixelFormat,
     /// A text prompt; repeat for several.
     #[arg(long = "text", value_name = "TEXT")]
     texts: Vec<String>,
+}
+
+fn parse_format(name: &str) -> Result<PixelFormat> {
+    PixelFormat::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = PixelFormat::ALL.iter().map(|f| f.name()).collect();
+        anyhow::anyhow!("unknown format {name:?}: one of {}", known.join(", "))
+    })
 }
 
 /// Prints `{"image_embeds": [[...]], "text_embeds": [[...]]}`, a key only when inputs
@@ -36,9 +49,23 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let mut out = Map::new();
     if !images.is_empty() {
+        let format = args.format;
+        let planes: Vec<Vec<Vec<u8>>> = images
+            .iter()
+            .map(|i| i.repack(format, 0, Colorimetry::default()))
+            .collect();
         let frames = images
             .iter()
-            .map(|i| i.frame())
+            .zip(&planes)
+            .map(|(image, planes)| {
+                let (w, h) = (image.width, image.height);
+                let described: Vec<(&[u8], usize)> = planes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.as_slice(), format.plane_extent(i, w, h).0))
+                    .collect();
+                FrameRef::new(format, w, h, &described)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let embeds = model.embed_frames(&frames)?.to_vec2::<f32>()?;
         out.insert("image_embeds".into(), serde_json::to_value(embeds)?);

@@ -680,6 +680,13 @@ impl ObjectImpl for Cliptag {
                         .flatten()
                         .unwrap_or_else(|| "cpu".into())
                 }
+                "dtype" => {
+                    s.dtype = value
+                        .get::<Option<String>>()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| "auto".into())
+                }
                 "labels" => {
                     s.labels = split_labels(
                         &value
@@ -766,6 +773,7 @@ impl ObjectImpl for Cliptag {
         match pspec.name() {
             "model" => s.model.to_value(),
             "device" => s.device.to_value(),
+            "dtype" => s.dtype.to_value(),
             "labels" => s.labels.join(",").to_value(),
             "label-list" => gst::Array::new(s.labels.iter().cloned()).to_value(),
             "labels-file" => s.labels_file.to_value(),

@@ -72,6 +72,7 @@ pub enum Scoring {
 pub struct Settings {
     pub model: String,
     pub device: String,
+    pub dtype: String,
     pub labels: Vec<String>,
     pub labels_file: String,
     pub prompt_template: String,
@@ -100,6 +101,7 @@ impl Default for Settings {
         Self {
             model: String::new(),
             device: "cpu".into(),
+            dtype: "auto".into(),
             labels: split_labels(DEFAULT_LABELS),
             labels_file: String::new(),
             prompt_template: "{}".into(),
@@ -150,7 +152,7 @@ impl Settings {
         Ok(EngineConfig {
             model: (!self.model.is_empty()).then(|| PathBuf::from(&self.model)),
             device: self.device.clone(),
-            dtype: "f32".into(),
+            dtype: self.dtype.clone(),
             max_batch: self.max_batch as usize,
             max_latency: Duration::from_millis(u64::from(self.max_latency_ms)),
             ..EngineConfig::default()
@@ -234,6 +236,12 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .nick("Device")
             .blurb("Where the model runs: cpu, cuda:N, or auto (the first CUDA device when this build has CUDA, else cpu)")
             .default_value(Some(d.device.as_str()))
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("dtype")
+            .nick("Precision")
+            .blurb("Precision of the weights and the forward pass: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU)")
+            .default_value(Some(d.dtype.as_str()))
             .flags(mutable_ready)
             .build(),
         glib::ParamSpecString::builder("labels")
