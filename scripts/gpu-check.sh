@@ -16,7 +16,7 @@
 # JSON file per measurement, the logs).
 #
 # cliptag comes from the CUDA bundle that `./x build-cuda` makes: CLIPTAG_BUNDLE (its
-# directory or its .tar.gz), else target/cuda/cliptag-cuda(.tar.gz). Without a GPU the
+# directory or its .tar.xz), else target/cuda/cliptag-cuda(.tar.xz). Without a GPU the
 # script runs its CPU fallback: the same steps, fewer batch sizes and streams, f16
 # parity on the CPU, with a CPU build (the bundle, or target/release from
 # `cargo build --release -p cliptag-cli -p gst-cliptag`).
@@ -68,14 +68,17 @@ fi
 # bundle otherwise). CLIPTAG_BUNDLE names a bundle to use in either mode.
 BUNDLE=${CLIPTAG_BUNDLE:-}
 if [ -z "$BUNDLE" ] && { [ "$MODE" = cuda ] || [ ! -x "$ROOT/target/release/cliptag" ]; }; then
-    for candidate in "$ROOT/target/cuda/cliptag-cuda" "$ROOT/target/cuda/cliptag-cuda.tar.gz"; do
+    for candidate in "$ROOT/target/cuda/cliptag-cuda" "$ROOT/target/cuda/cliptag-cuda.tar.xz"; do
         [ -e "$candidate" ] && { BUNDLE=$candidate; break; }
     done
 fi
 if [ -n "$BUNDLE" ] && [ -f "$BUNDLE" ]; then
     UNPACKED=$(mktemp -d)
     trap 'rm -rf "$UNPACKED"' EXIT
-    tar -C "$UNPACKED" -xzf "$BUNDLE" || exit 1
+    # Python's tarfile where tar has no xz to call.
+    tar -C "$UNPACKED" -xf "$BUNDLE" 2>/dev/null \
+        || "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE" "$UNPACKED" \
+        || exit 1
     BUNDLE=$(ls -d "$UNPACKED"/*/ | head -n 1)
 fi
 if [ -n "$BUNDLE" ]; then
