@@ -153,6 +153,32 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// The output for the first position only (`[batch, 1, hidden]`), attending over every
+    /// position of `x` (no mask): all keys and values are needed, one query is.
+    fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let head_dim = d / self.heads;
+        let qkv = self.qkv.forward(x)?;
+        let heads = |part: usize, rows: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(1, 0, rows)?
+                .narrow(2, part * d, d)?
+                .reshape((b, rows, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        // [b, heads, 1, hd] · [b, heads, hd, t] -> [b, heads, 1, t]
+        let scores = heads(0, 1)?.matmul(&heads(1, t)?.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&heads(2, t)?)?
+            .transpose(1, 2)?
+            .reshape((b, 1, d))?;
+        self.out.forward(&context)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct EncoderLayer {
     norm1: LayerNorm,
@@ -188,6 +214,18 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let h = self.attention.forward(&self.norm1.forward(x)?, causal)?;
         let x = kernels::add(h, x)?;
+        self.feed_forward(x)
+    }
+
+    /// The block's output at the first position only, `[batch, 1, hidden]`.
+    fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.attention.forward_first(&self.norm1.forward(x)?)?;
+        let x = kernels::add(h, &x.narrow(1, 0, 1)?.contiguous()?)?;
+        self.feed_forward(x)
+    }
+
+    /// The second half of the block: `x + mlp(norm2(x))`.
+    fn feed_forward(&self, x: Tensor) -> Result<Tensor> {
         let n = self.norm2.forward(&x)?;
         let h = if self.act == Activation::QuickGelu {
             self.fc1.forward_fused(&n, true)?
@@ -220,6 +258,21 @@ impl Encoder {
             x = layer.forward(&x, causal)?;
         }
         Ok(x)
+    }
+
+    /// The output at the first position only (`[batch, 1, hidden]`), without a mask: what
+    /// the vision tower pools (its class token). The last block computes keys and values
+    /// for every position but the rest only for the first, which leaves out most of that
+    /// block's work (about 6% of ViT-B/32's encoder) and gives the same numbers.
+    pub(crate) fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let Some((last, rest)) = self.layers.split_last() else {
+            return Ok(x.narrow(1, 0, 1)?);
+        };
+        let mut x = x.clone();
+        for layer in rest {
+            x = layer.forward(&x, false)?;
+        }
+        last.forward_first(&x)
     }
 }
 

@@ -80,8 +80,8 @@ impl VisionTransformer {
         let x = Tensor::cat(&[class, patches], 1)?;
         let x = x.broadcast_add(&self.position_embedding)?;
         let x = self.pre_norm.forward(&x)?;
-        let x = self.encoder.forward(&x, false)?;
-        let pooled = x.narrow(1, 0, 1)?.squeeze(1)?;
+        // Only the class token is pooled.
+        let pooled = self.encoder.forward_first(&x)?.squeeze(1)?;
         Ok(self.post_norm.forward(&pooled)?)
     }
 }
