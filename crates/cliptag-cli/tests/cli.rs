@@ -141,6 +141,45 @@ fn embed_omits_the_key_of_a_kind_not_given() {
     assert_eq!(keys, ["image_embeds"]);
 }
 
+/// `--format` hands the image over as a raw frame of that format: packed RGB layouts give
+/// the RGB embedding exactly, 4:2:0 YUV a close one (chroma subsampling loses a little),
+/// and a format the element does not take is refused with the list of those it does.
+#[test]
+fn embed_takes_images_as_raw_frames_of_any_format() {
+    let m = model();
+    let m = m.to_str().expect("utf-8");
+    let image = photo("chelsea.png");
+    let image = image.to_str().expect("utf-8");
+    let embed = |format: &str| {
+        matrix(&json_ok(&["embed", "--model", m, "--image", image, "--format", format])["image_embeds"])
+            .remove(0)
+    };
+    let rgb = embed("RGB");
+    for packed in ["BGRx", "ARGB", "BGR"] {
+        assert_eq!(embed(packed), rgb, "{packed}");
+    }
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+    for yuv in ["I420", "NV12"] {
+        let e = embed(yuv);
+        assert_ne!(e, rgb, "{yuv} went through no YUV conversion");
+        assert!(
+            cosine(&e, &rgb) > 0.99,
+            "{yuv}: cosine {}",
+            cosine(&e, &rgb)
+        );
+    }
+    let out = cliptag(&["embed", "--model", m, "--image", image, "--format", "YUY2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("\"YUY2\"") && err.contains("NV12"),
+        "{err}"
+    );
+}
+
 #[test]
 fn classify_ranks_labels_by_softmax_probability() {
     let m = model();

@@ -16,8 +16,13 @@ pub use config::{CLIP_MEAN, CLIP_STD, PreprocessConfig, ResizeTarget};
 pub use frame::{Colorimetry, FrameRef, PixelFormat, YuvMatrix, YuvRange, over_white, rgb_to_yuv};
 pub use resample::Filter;
 
+use rayon::prelude::*;
+
 use crate::error::{ModelError, Result};
 use resample::{Taps, horizontal, taps, vertical};
+
+/// Source rows per parallel task of the horizontal pass (a 1280x720 frame has 720).
+const ROWS_PER_TASK: usize = 64;
 
 /// Where the crop lies in the resized image and which source pixels it needs.
 #[derive(Debug, Clone)]
@@ -156,24 +161,27 @@ impl Preprocessor {
         let crop_w = plan.cols.len();
         if crop_w > 0 && !plan.rows.is_empty() {
             let src_w = plan.src_cols.len();
-            let mut row_rgb = vec![0u8; src_w * 3];
             let mut tmp = vec![0u8; plan.src_rows.len() * crop_w * 3];
             let converter = frame.row_converter();
-            for (i, y) in plan.src_rows.clone().enumerate() {
-                frame.row_to_rgb(
-                    &converter,
-                    y,
-                    plan.src_cols.start,
-                    plan.src_cols.end,
-                    &mut row_rgb,
+            // Source rows in parallel, in runs long enough to be worth a task: a single
+            // frame (batch 1, or one image) uses every thread, and the frames of a batch,
+            // already spread over the threads, split no further than the pool needs.
+            tmp.par_chunks_mut(crop_w * 3)
+                .zip(plan.src_rows.clone().into_par_iter())
+                .with_min_len(ROWS_PER_TASK)
+                .for_each_init(
+                    || vec![0u8; src_w * 3],
+                    |row_rgb, (dst, y)| {
+                        frame.row_to_rgb(
+                            &converter,
+                            y,
+                            plan.src_cols.start,
+                            plan.src_cols.end,
+                            row_rgb,
+                        );
+                        horizontal(row_rgb, plan.src_cols.start, &plan.h_taps, dst);
+                    },
                 );
-                horizontal(
-                    &row_rgb,
-                    plan.src_cols.start,
-                    &plan.h_taps,
-                    &mut tmp[i * crop_w * 3..(i + 1) * crop_w * 3],
-                );
-            }
             let mut cropped = vec![0u8; plan.rows.len() * crop_w * 3];
             vertical(
                 &tmp,
