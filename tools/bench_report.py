@@ -1,61 +1,152 @@
 #!/usr/bin/env python3
-"""Prints the side-by-side table of the benchmark JSON files: ours, the peer's, and optionally the element's and the gRPC fan-out's."""
+"""Prints the side-by-side tables of `./x bench` and writes them as one JSON object.
+
+The benchmark runs in rounds, each measuring cliptag and then the peer (transformers) on
+the same machine minutes apart; the machines here drift by 10 to 20% over minutes, so
+every ratio is computed within its round and the tables show the median over rounds
+with the range, next to the median figures of each side.
+
+    bench_report.py --ours c1.json c2.json --peer t1.json t2.json \
+        [--element e.json] [--grpc g.json] [--json-out summary.json]
+"""
+import argparse
 import json
-import sys
+import statistics
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio_cell(ratios):
+    lo, hi = min(ratios), max(ratios)
+    return f"{median(ratios):>6.2f}x  ({lo:.2f}-{hi:.2f})"
+
+
+def tower(ours, peers):
+    """Per batch: each side's median images/s and the per-round ratios."""
+    rows = []
+    for batch in [r["batch"] for r in ours[0]["results"]]:
+        mine, theirs, ratios = [], [], []
+        for o, p in zip(ours, peers):
+            a = next((r["images_per_s"] for r in o["results"] if r["batch"] == batch), None)
+            b = next((r["images_per_s"] for r in p["results"] if r["batch"] == batch), None)
+            if a is None or b is None:
+                continue
+            mine.append(a)
+            theirs.append(b)
+            ratios.append(a / b)
+        if ratios:
+            rows.append({"batch": batch, "cliptag_images_per_s": median(mine),
+                         "peer_images_per_s": median(theirs), "ratio": median(ratios),
+                         "ratio_min": min(ratios), "ratio_max": max(ratios)})
+    return rows
+
+
+def engine(ours, peers):
+    """Per (format, batch): the engine's median frames/s against the peer's tower in the same round."""
+    rows = []
+    for f0 in ours[0]["end_to_end"]["frames"]:
+        mine, theirs, ratios = [], [], []
+        for o, p in zip(ours, peers):
+            f = next((f for f in o["end_to_end"]["frames"]
+                      if (f["format"], f["batch"]) == (f0["format"], f0["batch"])), None)
+            b = next((r["images_per_s"] for r in p["results"] if r["batch"] == f0["batch"]), None)
+            if f is None or b is None:
+                continue
+            mine.append(f["frames_per_s"])
+            theirs.append(b)
+            ratios.append(f["frames_per_s"] / b)
+        if ratios:
+            rows.append({"width": f0["width"], "height": f0["height"], "format": f0["format"],
+                         "batch": f0["batch"], "labels": f0["labels"], "cliptag_frames_per_s": median(mine),
+                         "peer_images_per_s": median(theirs), "ratio": median(ratios),
+                         "ratio_min": min(ratios), "ratio_max": max(ratios)})
+    return rows
+
+
+def label_update(ours, peers):
+    mine = [o["end_to_end"]["label_update"] for o in ours]
+    theirs = [p.get("text") for p in peers]
+    ratios = [t["seconds"] / u["seconds"] for u, t in zip(mine, theirs) if t]
+    return {"prompts": mine[0]["prompts"],
+            "cliptag_seconds": median([u["seconds"] for u in mine]),
+            "peer_seconds": median([t["seconds"] for t in theirs if t]),
+            "ratio": median(ratios), "ratio_min": min(ratios, default=float("nan")),
+            "ratio_max": max(ratios, default=float("nan")),
+            "throughput_kept": median([u["throughput_kept"] for u in mine]),
+            "frames_per_s_alone": median([u["frames_per_s_alone"] for u in mine]),
+            "frames_per_s_during_updates": median([u["frames_per_s_during_updates"] for u in mine]),
+            "encoder_busy_fraction": median([u["encoder_busy_fraction"] for u in mine])}
 
 
 def main() -> int:
-    ours, peer = (json.load(open(p)) for p in sys.argv[1:3])
-    element = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else None
-    grpc = json.load(open(sys.argv[4])) if len(sys.argv) > 4 else None
-    peer_by_batch = {r["batch"]: r for r in peer["results"]}
-    print(f"\nvision tower throughput, images/s ({ours['engine']} vs {peer['engine']}, "
-          f"{ours.get('threads', '?')} threads)")
-    print(f"{'batch':>6} {ours['engine']:>10} {peer['engine']:>13} {'ratio':>7}")
-    for r in ours["results"]:
-        p = peer_by_batch.get(r["batch"])
-        if p is None:
-            continue
-        ratio = r["images_per_s"] / p["images_per_s"]
-        print(f"{r['batch']:>6} {r['images_per_s']:>10.2f} {p['images_per_s']:>13.2f} {ratio:>6.2f}x")
-    e2e = ours.get("end_to_end")
-    if e2e:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours", nargs="+", required=True, help="cliptag bench --json, one file per round")
+    ap.add_argument("--peer", nargs="+", required=True, help="bench_transformers.py --json, one file per round")
+    ap.add_argument("--element", help="the element's figure")
+    ap.add_argument("--grpc", help="cliptag bench-grpc --json")
+    ap.add_argument("--json-out", help="write every figure and ratio here as one JSON object")
+    args = ap.parse_args()
+    if len(args.ours) != len(args.peer):
+        ap.error("--ours and --peer need one file per round each")
+    ours = [json.load(open(p)) for p in args.ours]
+    peers = [json.load(open(p)) for p in args.peer]
+    peer = peers[0]["engine"]
+    rounds = len(ours)
+    summary = {"rounds": rounds, "threads": ours[0].get("threads"), "peer": {
+        k: peers[0].get(k) for k in ("engine", "torch", "transformers", "attn_implementation")}}
+
+    summary["tower"] = tower(ours, peers)
+    print(f"\nvision tower throughput, images/s (cliptag vs {peer}, {ours[0].get('threads', '?')} threads; "
+          f"medians of {rounds} rounds, ratio range in brackets)")
+    print(f"{'batch':>6} {'cliptag':>10} {peer:>13} {'ratio':>7}")
+    for r in summary["tower"]:
+        print(f"{r['batch']:>6} {r['cliptag_images_per_s']:>10.2f} {r['peer_images_per_s']:>13.2f} "
+              f"{ratio_cell([r['ratio_min'], r['ratio'], r['ratio_max']])}")
+
+    if ours[0].get("end_to_end"):
+        summary["engine"] = engine(ours, peers)
         print(f"\nengine end to end from raw frames (preprocessing + inference + scoring) vs "
-              f"{peer['engine']} get_image_features on preprocessed tensors, same batch")
-        print(f"{'frames':>16} {'batch':>6} {'cliptag':>9} {peer['engine']:>13} {'ratio':>7}")
-        for f in e2e["frames"]:
-            p = peer_by_batch.get(f["batch"])
-            if p is None:
-                continue
-            ratio = f["frames_per_s"] / p["images_per_s"]
-            size = f"{f['width']}x{f['height']} {f['format']}"
-            print(f"{size:>16} {f['batch']:>6} {f['frames_per_s']:>9.2f} {p['images_per_s']:>13.2f} {ratio:>6.2f}x")
-        u = e2e["label_update"]
-        t = peer.get("text")
-        line = f"\nlabel update: {u['prompts']} prompts in {u['seconds']:.3f} s"
-        if t:
-            line += (f" vs {peer['engine']} get_text_features {t['seconds']:.3f} s "
-                     f"({t['seconds'] / u['seconds']:.2f}x)")
-        print(line)
+              f"{peer} get_image_features on preprocessed tensors, same batch and round")
+        print(f"{'frames':>16} {'batch':>6} {'cliptag':>9} {peer:>13} {'ratio':>7}")
+        for r in summary["engine"]:
+            size = f"{r['width']}x{r['height']} {r['format']}"
+            print(f"{size:>16} {r['batch']:>6} {r['cliptag_frames_per_s']:>9.2f} {r['peer_images_per_s']:>13.2f} "
+                  f"{ratio_cell([r['ratio_min'], r['ratio'], r['ratio_max']])}")
+        u = summary["label_update"] = label_update(ours, peers)
+        print(f"\nlabel update: {u['prompts']} prompts in {u['cliptag_seconds']:.3f} s vs {peer} "
+              f"get_text_features {u['peer_seconds']:.3f} s: "
+              f"{ratio_cell([u['ratio_min'], u['ratio'], u['ratio_max']])}")
         print(f"frames while updates run back to back: {u['throughput_kept'] * 100:.0f}% of the throughput alone "
               f"({u['frames_per_s_during_updates']:.2f} vs {u['frames_per_s_alone']:.2f} frames/s); "
               f"the encoder was busy {u['encoder_busy_fraction'] * 100:.0f}% of that time")
-        same = [f for f in e2e["frames"] if element and f["batch"] == element["batch"] and f["format"] == element["format"]]
-        if element and same:
-            ratio = element["frames_per_s"] / same[0]["frames_per_s"]
-            print(f"\nelement ({element['pipeline']}, {element['width']}x{element['height']} {element['format']}, "
-                  f"batch {element['batch']}): {element['frames_per_s']:.2f} frames/s, {ratio * 100:.0f}% of the engine's "
-                  f"{same[0]['frames_per_s']:.2f}")
-    if grpc:
-        print(f"\ngRPC detection delivery on loopback ({grpc['streams']} streams x {grpc['fps_per_stream']} frames/s, "
-              f"result made -> client decoded; aim: p99 under 5 ms with 100 subscribers)")
-        print(f"{'subscribers':>12} {'delivered':>10} {'lost':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server CPU':>11} {'us/result':>10}")
+        if args.element:
+            element = json.load(open(args.element))
+            same = next((r for r in summary["engine"]
+                         if (r["batch"], r["format"]) == (element["batch"], element["format"])), None)
+            if same:
+                element["share_of_engine"] = element["frames_per_s"] / same["cliptag_frames_per_s"]
+                print(f"\nelement ({element['pipeline']}, {element['width']}x{element['height']} "
+                      f"{element['format']}, batch {element['batch']}): {element['frames_per_s']:.2f} frames/s, "
+                      f"{element['share_of_engine'] * 100:.0f}% of the engine's {same['cliptag_frames_per_s']:.2f}")
+            summary["element"] = element
+
+    if args.grpc:
+        grpc = summary["grpc"] = json.load(open(args.grpc))
+        print(f"\ngRPC detection delivery on loopback ({grpc['streams']} streams x {grpc['fps_per_stream']} "
+              f"frames/s, result made -> client decoded; aim: p99 under 5 ms with 100 subscribers)")
+        print(f"{'subscribers':>12} {'delivered':>10} {'lost':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+              f"{'server CPU':>11} {'us/result':>10}")
         for r in grpc["results"]:
             print(f"{r['subscribers']:>12} {r['delivered']:>10} {r['lost']:>5} {r['latency_p50_ms']:>7.2f} "
-                  f"{r['latency_p99_ms']:>7.2f} {r['latency_max_ms']:>7.2f} {r['server_cpu_core_fraction'] * 100:>10.1f}% "
-                  f"{r['server_cpu_us_per_result']:>10.1f}")
+                  f"{r['latency_p99_ms']:>7.2f} {r['latency_max_ms']:>7.2f} "
+                  f"{r['server_cpu_core_fraction'] * 100:>10.1f}% {r['server_cpu_us_per_result']:>10.1f}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=1)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -27,7 +27,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Also time preprocessing of a synthetic frame of this size (e.g. 1920x1080) in
-    /// BGRx, NV12 and I420, one thread, in milliseconds per frame.
+    /// BGRx, NV12 and I420, in milliseconds per frame (a frame's rows are spread over
+    /// the threads; RAYON_NUM_THREADS=1 times one thread).
     #[arg(long, value_name = "WxH")]
     preprocess: Option<String>,
     /// Also measure the engine end to end from raw frames of this size (e.g. 1280x720),
