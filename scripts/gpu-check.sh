@@ -56,12 +56,12 @@ done
 if nvidia-smi -L >/dev/null 2>&1 && "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
     MODE=cuda DEVICE=cuda:0 DTYPE=f16 TORCH_DEVICE=cuda TORCH_DTYPE=fp16 TORCH_THREADS=0
     BATCHES=1,8,32,128,256 BENCH_SECONDS=1 ITERS=5
-    STREAMS=(1 4 8 16) MAX_BATCH=32 SHORT=30 LONG=330
+    STREAMS=(1 4 8 16) MAX_BATCH=32 SHORT=30 LONG_TOTAL=4800
     DEVICE_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)
 else
     MODE=cpu DEVICE=cpu DTYPE=f16 TORCH_DEVICE=cpu TORCH_DTYPE=fp32 TORCH_THREADS=$(nproc)
     BATCHES=1,8 BENCH_SECONDS=2 ITERS=2
-    STREAMS=(1 2) MAX_BATCH=8 SHORT=4 LONG=36
+    STREAMS=(1 2) MAX_BATCH=8 SHORT=4 LONG_TOTAL=64
     DEVICE_NAME="CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) threads"
 fi
 # On a GPU, the CUDA bundle; in the CPU fallback, a local build when there is one (the
@@ -94,6 +94,26 @@ else
     exit 1
 fi
 
+# The bundled binaries load the CUDA 13 runtime, cuBLAS and cuRAND even on the CPU: from
+# CLIPTAG_CUDA_LIBS, else from the NVIDIA wheels and torch/lib of the Python found above
+# (env.sh itself only looks at python3's). Checked before anything else runs.
+if [ -n "$BUNDLE" ] && [ -z "${CLIPTAG_CUDA_LIBS:-}" ]; then
+    CLIPTAG_CUDA_LIBS=$("$PY" -c 'import glob, os, site, torch
+roots = site.getsitepackages() + [site.getusersitepackages()]
+dirs = [d for r in roots for d in sorted(glob.glob(os.path.join(r, "nvidia", "*", "lib")))]
+print(":".join(dirs + [os.path.join(os.path.dirname(torch.__file__), "lib")]))' 2>/dev/null)
+    export CLIPTAG_CUDA_LIBS
+fi
+if ! "${CLIPTAG[@]}" --version > "$OUT/cliptag-version.txt" 2>&1; then
+    echo "gpu-check: cliptag does not start:" >&2
+    cat "$OUT/cliptag-version.txt" >&2
+    if [ -n "$BUNDLE" ]; then
+        echo "missing libraries (set CLIPTAG_CUDA_LIBS to the directories of the CUDA 13 runtime, cuBLAS and cuRAND):" >&2
+        "$BUNDLE/env.sh" sh -c 'ldd "$(command -v cliptag)"' | grep "not found" >&2
+    fi
+    exit 1
+fi
+
 # The tower's precision: f16 on the GPU; f32 in the CPU fallback, where f16 is slow
 # (the fallback measures f16 only for parity).
 TOWER_DTYPE=$([ "$MODE" = cuda ] && echo f16 || echo f32)
@@ -111,7 +131,6 @@ json.dump({"date": datetime.date.today().isoformat(), "mode": mode, "device_name
            "cliptag": source, "torch": torch.__version__, "transformers": tf,
            "cuda": torch.version.cuda, "python": platform.python_version()}, open(out, "w"), indent=2)
 PY
-"${CLIPTAG[@]}" --version > "$OUT/cliptag-version.txt" 2>&1 || true
 
 MODELS=$OUT/models
 say "random-weight ViT-B/32 and ViT-L/14 (fp16 safetensors, CLIP's tokenizer)"
@@ -185,6 +204,9 @@ timed() {  # prints the seconds a pipeline took
 say "element: N x videotestsrc 1920x1080 I420 ! cliptag ! fakesink, one engine, max-batch $MAX_BATCH"
 RUNS=()
 for n in "${STREAMS[@]}"; do
+    # The long run carries the same number of frames whatever the streams, so that its
+    # difference from the short one stays well above start-up's variation.
+    LONG=$((SHORT + LONG_TOTAL / n))
     if a=$(timed "$n" "$SHORT" 2>> "$OUT/element.log") && b=$(timed "$n" "$LONG" 2>> "$OUT/element.log"); then
         RUNS+=("$n:$SHORT:$LONG:$a:$b")
         echo "gpu-check: $n streams: $SHORT frames each in $a s, $LONG in $b s" >&2

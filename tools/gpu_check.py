@@ -232,21 +232,27 @@ class VisionTower(nn.Module):
 
 def load_baseline(model_dir: Path, device: str, dtype: torch.dtype):
     """(callable pixels -> image embeddings, description)."""
+    why = "transformers not installed"
     try:
         import transformers
         from transformers import CLIPVisionModelWithProjection
         transformers.logging.set_verbosity_error()
-        model = CLIPVisionModelWithProjection.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        # No dtype keyword: its name changed across transformers releases.
+        model = CLIPVisionModelWithProjection.from_pretrained(model_dir, attn_implementation="sdpa")
+        model = model.to(device=device, dtype=dtype).eval()
         return (lambda x: model(pixel_values=x).image_embeds), f"transformers {transformers.__version__} (sdpa)"
     except ImportError:
-        cfg = json.loads((model_dir / "config.json").read_text())
-        model = VisionTower(cfg)
-        weights = read_safetensors(model_dir / "model.safetensors")
-        own = {k: v for k, v in weights.items() if k.startswith(("vision_model.", "visual_projection."))}
-        model.load_state_dict(own, strict=True)
-        model = model.to(device=device, dtype=dtype).eval()
-        return model, "torch scaled_dot_product_attention (transformers not installed)"
+        pass
+    except Exception as e:  # an installed transformers that cannot load it: say so, go on
+        why = f"transformers failed: {type(e).__name__}: {e}"[:200]
+        log(why)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    model = VisionTower(cfg)
+    weights = read_safetensors(model_dir / "model.safetensors")
+    own = {k: v for k, v in weights.items() if k.startswith(("vision_model.", "visual_projection."))}
+    model.load_state_dict(own, strict=True)
+    model = model.to(device=device, dtype=dtype).eval()
+    return model, f"torch scaled_dot_product_attention ({why})"
 
 
 def sync(device: str) -> None:
