@@ -113,14 +113,8 @@ impl TextTransformer {
             .index_select(&ids, 0)?
             .reshape((b, len, d))?;
         let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
-        let x = self.encoder.forward(&x, true)?;
-        let x = self.final_norm.forward(&x)?;
-        let index: Vec<u32> = pooled
-            .iter()
-            .enumerate()
-            .map(|(r, &p)| (r * len + p) as u32)
-            .collect();
-        let index = Tensor::from_vec(index, (b,), device)?;
-        Ok(x.reshape((b * len, d))?.index_select(&index, 0)?)
+        // Only each row's pooled position is computed through the last block.
+        let x = self.encoder.forward_at(&x, &pooled, true)?;
+        Ok(self.final_norm.forward(&x)?.squeeze(1)?)
     }
 }

@@ -81,7 +81,10 @@ impl VisionTransformer {
         let x = x.broadcast_add(&self.position_embedding)?;
         let x = self.pre_norm.forward(&x)?;
         // Only the class token is pooled.
-        let pooled = self.encoder.forward_first(&x)?.squeeze(1)?;
+        let pooled = self
+            .encoder
+            .forward_at(&x, &vec![0; b], false)?
+            .squeeze(1)?;
         Ok(self.post_norm.forward(&pooled)?)
     }
 }
