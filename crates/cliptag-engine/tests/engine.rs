@@ -401,15 +401,22 @@ fn label_swaps_are_atomic_under_load() {
     let stream = engine
         .attach("s", StreamConfig::default(), push)
         .expect("attach");
+    // Swap i waits for 8 i results, so the swaps spread over the frames however fast
+    // the machine is (sleeps between swaps did not: on a loaded machine all of them once
+    // fell inside one batch).
     let swapper = {
         let engine = engine.clone();
+        let log = log.clone();
         std::thread::spawn(move || {
             for i in 0..20 {
+                let deadline = std::time::Instant::now() + WAIT;
+                while results(&log).len() < 8 * i && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let names: &[&str] = if i % 2 == 0 { &b } else { &a };
                 engine
                     .set_labels("s", LabelSetSpec::from_names(names), None)
                     .expect("swap");
-                std::thread::sleep(Duration::from_millis(3));
             }
         })
     };
