@@ -151,9 +151,7 @@ impl Attention {
             .reshape((b, t, d))?;
         self.out.forward(&context)
     }
-}
 
-impl Attention {
     /// The output at one position per sequence (`positions[i]` of sequence `i`), as
     /// `[batch, 1, hidden]`: every key and value is needed, one query per sequence is.
     /// With `causal`, that query sees the positions up to its own.
