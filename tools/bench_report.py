@@ -18,9 +18,9 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def ratio_cell(ratios):
-    lo, hi = min(ratios), max(ratios)
-    return f"{median(ratios):>6.2f}x  ({lo:.2f}-{hi:.2f})"
+def ratio_cell(row):
+    """A row's median ratio and its range over the rounds."""
+    return f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
 
 
 def tower(ours, peers):
@@ -103,7 +103,7 @@ def main() -> int:
     print(f"{'batch':>6} {'cliptag':>10} {peer:>13} {'ratio':>7}")
     for r in summary["tower"]:
         print(f"{r['batch']:>6} {r['cliptag_images_per_s']:>10.2f} {r['peer_images_per_s']:>13.2f} "
-              f"{ratio_cell([r['ratio_min'], r['ratio'], r['ratio_max']])}")
+              f"{ratio_cell(r)}")
 
     if ours[0].get("end_to_end"):
         summary["engine"] = engine(ours, peers)
@@ -113,11 +113,11 @@ def main() -> int:
         for r in summary["engine"]:
             size = f"{r['width']}x{r['height']} {r['format']}"
             print(f"{size:>16} {r['batch']:>6} {r['cliptag_frames_per_s']:>9.2f} {r['peer_images_per_s']:>13.2f} "
-                  f"{ratio_cell([r['ratio_min'], r['ratio'], r['ratio_max']])}")
+                  f"{ratio_cell(r)}")
         u = summary["label_update"] = label_update(ours, peers)
         print(f"\nlabel update: {u['prompts']} prompts in {u['cliptag_seconds']:.3f} s vs {peer} "
               f"get_text_features {u['peer_seconds']:.3f} s: "
-              f"{ratio_cell([u['ratio_min'], u['ratio'], u['ratio_max']])}")
+              f"{ratio_cell(u)}")
         print(f"frames while updates run back to back: {u['throughput_kept'] * 100:.0f}% of the throughput alone "
               f"({u['frames_per_s_during_updates']:.2f} vs {u['frames_per_s_alone']:.2f} frames/s); "
               f"the encoder was busy {u['encoder_busy_fraction'] * 100:.0f}% of that time")

@@ -26,7 +26,8 @@ impl RgbImage {
     /// The image as a video source would deliver it in `format`: its planes, each row
     /// followed by `pad` spare bytes (so a plane's stride is its row size plus `pad`).
     /// YUV uses `colorimetry`, with each 2x2 block's chroma averaged as encoders
-    /// subsample it; alpha is opaque and padding bytes are 0x5a.
+    /// subsample it; GRAY8 is the full-range luma of `colorimetry`'s matrix; alpha is
+    /// opaque and padding bytes are 0x5a.
     pub fn repack(
         &self,
         format: PixelFormat,
@@ -80,7 +81,21 @@ impl RgbImage {
                     vec![luma, uv]
                 }
             }
+            PixelFormat::Gray8 => {
+                let full = Colorimetry {
+                    range: crate::preprocess::YuvRange::Full,
+                    ..colorimetry
+                };
+                let mut out = vec![0u8; (w + pad) * h];
+                for y in 0..h {
+                    for x in 0..w {
+                        out[y * (w + pad) + x] = rgb_to_yuv(px(x, y), full).0;
+                    }
+                }
+                vec![out]
+            }
             packed => {
+                // The format's name spells its bytes: "BGRx" is B, G, R and padding.
                 let name = packed.name();
                 let bpp = name.len();
                 let stride = w * bpp + pad;

@@ -116,12 +116,7 @@ fn frame_of<'a>(
     h: usize,
     pad: usize,
 ) -> FrameRef<'a> {
-    let described: Vec<(&[u8], usize)> = planes
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.as_slice(), format.plane_extent(i, w, h).0 + pad))
-        .collect();
-    FrameRef::new(format, w, h, &described).expect("valid frame")
+    FrameRef::padded(format, w, h, planes, pad).expect("valid frame")
 }
 
 #[test]
@@ -149,6 +144,31 @@ fn every_packed_format_and_stride_gives_the_same_tensor() {
             }
         }
     }
+}
+
+/// GRAY8 is one byte a pixel, the luma of the matrix, and the preprocessor reads it as
+/// grey in all three channels.
+#[test]
+fn a_gray_repack_is_one_luma_byte_a_pixel() {
+    let image = photo("chelsea.png");
+    let (w, h, pad) = (image.width, image.height, 3);
+    let planes = image.repack(PixelFormat::Gray8, pad, Colorimetry::default());
+    assert_eq!(planes.len(), 1);
+    assert_eq!(planes[0].len(), (w + pad) * h);
+    for (x, y) in [(0, 0), (w / 2, h / 3), (w - 1, h - 1)] {
+        let i = (y * w + x) * 3;
+        let [r, g, b] = [0, 1, 2].map(|c| f64::from(image.data[i + c]));
+        let luma = 0.299 * r + 0.587 * g + 0.114 * b;
+        let got = f64::from(planes[0][y * (w + pad) + x]);
+        assert!(
+            (got - luma).abs() <= 1.0,
+            "({x}, {y}): {got} for luma {luma:.1}"
+        );
+    }
+    let frame = frame_of(&planes, PixelFormat::Gray8, w, h, pad);
+    let pre = Preprocessor::new(PreprocessConfig::clip_defaults(224));
+    let (_, rgb) = pre.crop_rgb8(&frame).expect("crop");
+    assert!(rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
 }
 
 /// Bounds for YUV 4:2:0 against the RGB original, in pixel units. Chroma subsampling and

@@ -45,18 +45,7 @@ impl SharedFrame {
 
 impl VideoFrame for SharedFrame {
     fn pixels(&self) -> FrameRef<'_> {
-        let planes: Vec<(&[u8], usize)> = self
-            .planes
-            .iter()
-            .enumerate()
-            .map(|(p, data)| {
-                (
-                    data.as_slice(),
-                    self.format.plane_extent(p, self.width, self.height).0,
-                )
-            })
-            .collect();
-        FrameRef::new(self.format, self.width, self.height, &planes)
+        FrameRef::padded(self.format, self.width, self.height, &self.planes, 0)
             .unwrap_or_else(|e| unreachable!("planes sized from the format: {e}"))
     }
 }

@@ -57,15 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         let frames = images
             .iter()
             .zip(&planes)
-            .map(|(image, planes)| {
-                let (w, h) = (image.width, image.height);
-                let described: Vec<(&[u8], usize)> = planes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.as_slice(), format.plane_extent(i, w, h).0))
-                    .collect();
-                FrameRef::new(format, w, h, &described)
-            })
+            .map(|(image, planes)| FrameRef::padded(format, image.width, image.height, planes, 0))
             .collect::<Result<Vec<_>, _>>()?;
         let embeds = model.embed_frames(&frames)?.to_vec2::<f32>()?;
         out.insert("image_embeds".into(), serde_json::to_value(embeds)?);

@@ -238,6 +238,24 @@ impl<'a> FrameRef<'a> {
         Self::new(format, width, height, &[(data, row_bytes)])
     }
 
+    /// A frame whose planes hold rows of the format's size each followed by `pad` spare
+    /// bytes (`pad` 0: tightly packed), as [`crate::image_file::RgbImage::repack`] makes
+    /// them.
+    pub fn padded<P: AsRef<[u8]>>(
+        format: PixelFormat,
+        width: usize,
+        height: usize,
+        planes: &'a [P],
+        pad: usize,
+    ) -> Result<Self> {
+        let described: Vec<(&[u8], usize)> = planes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_ref(), format.plane_extent(i, width, height).0 + pad))
+            .collect();
+        Self::new(format, width, height, &described)
+    }
+
     /// Sets how YUV samples map to RGB.
     pub fn with_colorimetry(mut self, colorimetry: Colorimetry) -> Self {
         self.colorimetry = colorimetry;
