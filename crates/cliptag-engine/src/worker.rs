@@ -148,38 +148,61 @@ fn preprocess_on_host(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepare
     (prepared, tensor.map_err(Into::into))
 }
 
-/// On a GPU: each frame's region goes to the device once; resize, crop and
-/// normalization run there. A frame that cannot be preprocessed gets a blank slot.
+/// On a GPU: the frames' regions go to the device together (one upload per plane for
+/// frames of one format and size); resize, crop and normalization run there for the
+/// whole batch. A frame that cannot be preprocessed gets a blank slot.
 fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepared>, Pixels) {
     let device = model.network.device();
-    let mut slots = Vec::with_capacity(batch.len());
-    let prepared: Vec<Prepared> = batch
+    let checks: Vec<Result<(), String>> = batch
+        .iter()
+        .map(|item| check_size(model, &item.1))
+        .collect();
+    let frames: Vec<_> = batch
+        .iter()
+        .zip(&checks)
+        .filter(|(_, check)| check.is_ok())
+        .map(|(item, _)| item.1.frame.pixels())
+        .collect();
+    let good = frames.len();
+    let pixels = model
+        .preprocessor
+        .pixel_values_on(&frames, device)
+        .map_err(|e| e.to_string());
+    drop(frames);
+    let tensor: Pixels = match &pixels {
+        Ok(t) if good == batch.len() => Ok(t.clone()),
+        Ok(t) => {
+            // Frames that failed their check take a zero slot after the good ones.
+            let mut next = 0u32;
+            let order: Vec<u32> = checks
+                .iter()
+                .map(|check| match check {
+                    Ok(()) => {
+                        next += 1;
+                        next - 1
+                    }
+                    Err(_) => good as u32,
+                })
+                .collect();
+            Tensor::zeros((1, 3, s, s), DType::F32, device)
+                .and_then(|blank| Tensor::cat(&[t, &blank], 0))
+                .and_then(|all| {
+                    let order = Tensor::from_vec(order, batch.len(), device)?;
+                    all.index_select(&order, 0)
+                })
+                .map_err(Into::into)
+        }
+        Err(_) => Tensor::zeros((batch.len(), 3, s, s), DType::F32, device).map_err(Into::into),
+    };
+    let prepared = batch
         .into_iter()
-        .map(|item| {
-            let pixels = check_size(model, &item.1).and_then(|()| {
-                model
-                    .preprocessor
-                    .pixel_values_on(&[item.1.frame.pixels()], device)
-                    .map_err(|e| e.to_string())
-            });
-            let outcome = match pixels {
-                Ok(t) => {
-                    slots.push(Ok(t));
-                    Ok(())
-                }
-                Err(e) => {
-                    slots.push(Tensor::zeros((1, 3, s, s), DType::F32, device));
-                    Err(e)
-                }
-            };
+        .zip(checks)
+        .map(|(item, check)| {
+            let outcome = check.and_then(|()| pixels.as_ref().map(|_| ()).map_err(Clone::clone));
             (item, outcome)
         })
         .collect();
-    let tensor = slots
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(|slots| Tensor::cat(&slots, 0));
-    (prepared, tensor.map_err(Into::into))
+    (prepared, tensor)
 }
 
 /// Whether the preprocessor makes what the vision tower takes from this frame.

@@ -329,3 +329,54 @@ fn the_device_path_matches_the_host_path_within_a_level() {
         worst.1 * 255.0
     );
 }
+
+/// Frames of different formats and sizes in one call, interleaved: the device path
+/// groups them (one upload and one set of kernels per group) and returns them in the
+/// order given, each as it comes out alone.
+#[test]
+fn the_device_path_groups_mixed_frames_and_keeps_their_order() {
+    let pre = Preprocessor::new(PreprocessConfig::clip_defaults(224));
+    let device = cliptag_model::candle_core::Device::Cpu;
+    let inputs = [
+        ("chelsea.png", PixelFormat::I420),
+        ("rocket.jpg", PixelFormat::Rgb),
+        ("chelsea.png", PixelFormat::I420),
+        ("coffee_small.png", PixelFormat::Nv12),
+        ("rocket.jpg", PixelFormat::Rgb),
+        ("coffee_small.png", PixelFormat::Bgrx),
+    ];
+    let images: Vec<_> = inputs.iter().map(|(name, _)| photo(name)).collect();
+    let planes: Vec<_> = images
+        .iter()
+        .zip(&inputs)
+        .map(|(image, (_, format))| image.repack(*format, 3, Colorimetry::default()))
+        .collect();
+    let frames: Vec<FrameRef<'_>> = planes
+        .iter()
+        .zip(&images)
+        .zip(&inputs)
+        .map(|((planes, image), (_, format))| {
+            frame_of(planes, *format, image.width, image.height, 3)
+        })
+        .collect();
+    let together = pre.pixel_values_on(&frames, &device).expect("together");
+    assert_eq!(together.dims(), &[frames.len(), 3, 224, 224]);
+    for (i, frame) in frames.iter().enumerate() {
+        let alone = pre
+            .pixel_values_on(std::slice::from_ref(frame), &device)
+            .expect("alone")
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("values");
+        let in_batch = together
+            .get(i)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("slot");
+        assert!(
+            alone == in_batch,
+            "frame {i} ({:?}) differs in the batch",
+            inputs[i]
+        );
+    }
+}

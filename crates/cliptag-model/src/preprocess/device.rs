@@ -13,7 +13,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::device_rgb::region_rgb_on;
+use super::device_rgb::regions_rgb_on;
 use super::resample::{PRECISION_BITS, Taps};
 use super::{FrameRef, Preprocessor, ResizePlan};
 use crate::error::Result;
@@ -34,30 +34,55 @@ fn weight_matrix(taps: &[Taps], src0: usize, n: usize) -> Vec<f32> {
 impl Preprocessor {
     /// `pixel_values` `[n, 3, H, W]` of `frames`, resized, cropped and normalized on
     /// `device` (see the module's notes on how it differs from [`Preprocessor::preprocess`]).
+    ///
+    /// Frames of one format, size and colorimetry (every frame of a stream, and usually
+    /// of a batch) go through together: one upload per plane and one set of kernels for
+    /// the group, whatever its size.
     pub fn pixel_values_on(&self, frames: &[FrameRef<'_>], device: &Device) -> Result<Tensor> {
-        let mut images = Vec::with_capacity(frames.len());
-        for frame in frames {
-            let plan = self.plan(frame.width(), frame.height())?;
-            images.push(self.resize_on(frame, &plan, device)?);
+        let key = |f: &FrameRef<'_>| (f.format(), f.width(), f.height(), f.colorimetry());
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            match groups.iter_mut().find(|g| key(&frames[g[0]]) == key(frame)) {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
         }
-        let batch = Tensor::stack(&images, 0)?;
+        let mut parts = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let members: Vec<FrameRef<'_>> = group.iter().map(|&i| frames[i]).collect();
+            let plan = self.plan(members[0].width(), members[0].height())?;
+            parts.push(self.resize_on(&members, &plan, device)?);
+        }
+        let mut batch = Tensor::cat(&parts, 0)?;
+        if groups.len() > 1 {
+            // Back to the order the frames came in.
+            let mut slot_of = vec![0u32; frames.len()];
+            for (slot, &i) in groups.iter().flatten().enumerate() {
+                slot_of[i] = slot as u32;
+            }
+            let order = Tensor::from_vec(slot_of, frames.len(), device)?;
+            batch = batch.index_select(&order, 0)?;
+        }
         Ok(self.normalize_on(&batch, device)?)
     }
 
-    /// One frame resized and cropped: `[3, H, W]` f32 in 0..=255, whole levels.
+    /// Frames of one format and size resized and cropped: `[n, 3, H, W]` f32 in 0..=255,
+    /// whole levels.
     fn resize_on(
         &self,
-        frame: &FrameRef<'_>,
+        frames: &[FrameRef<'_>],
         plan: &ResizePlan,
         device: &Device,
     ) -> Result<Tensor> {
+        let n = frames.len();
         let (ow, oh) = plan.output;
         let (crop_w, crop_h) = (plan.cols.len(), plan.rows.len());
         if crop_w == 0 || crop_h == 0 {
-            return Ok(Tensor::zeros((3, oh, ow), DType::F32, device)?);
+            return Ok(Tensor::zeros((n, 3, oh, ow), DType::F32, device)?);
         }
         let (src_w, src_h) = (plan.src_cols.len(), plan.src_rows.len());
-        let image = region_rgb_on(frame, plan.src_rows.clone(), plan.src_cols.clone(), device)?;
+        let image = regions_rgb_on(frames, plan.src_rows.clone(), plan.src_cols.clone(), device)?
+            .reshape((n * 3, src_h, src_w))?;
         let wx = Tensor::from_vec(
             weight_matrix(&plan.h_taps, plan.src_cols.start, src_w),
             (crop_w, src_w),
@@ -68,7 +93,7 @@ impl Preprocessor {
             (1, crop_h, src_h),
             device,
         )?;
-        // [3, src_h, src_w] · W_xᵀ -> [3, src_h, crop_w]; W_y · that -> [3, crop_h, crop_w].
+        // [3n, src_h, src_w] · W_xᵀ -> [3n, src_h, crop_w]; W_y · that -> [3n, crop_h, crop_w].
         // Each pass rounds and clamps to 8 bits, as Pillow's passes do: the filter
         // overshoots at sharp edges, and the clamp in between is part of the result.
         let levels = |t: Tensor| t.round()?.clamp(0f32, 255f32);
@@ -82,7 +107,7 @@ impl Preprocessor {
                 .pad_with_zeros(2, x0, ow - x0 - crop_w)?
                 .pad_with_zeros(1, y0, oh - y0 - crop_h)?;
         }
-        Ok(out)
+        Ok(out.reshape((n, 3, oh, ow))?)
     }
 
     /// Rescaling and normalization of `[n, 3, H, W]` levels, as the configuration says.
