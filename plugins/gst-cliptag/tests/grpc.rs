@@ -43,7 +43,7 @@ async fn labels_set_over_grpc_reach_the_meta_and_the_stream_ends_with_the_pipeli
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc pattern=ball is-live=true \
          ! video/x-raw,width=160,height=120,framerate=30/1 \
-         ! cliptag stream-id=grpc-cam grpc-address=127.0.0.1:{port} \
+         ! cliptag name=tagger stream-id=grpc-cam grpc-address=127.0.0.1:{port} \
            labels=\"a moving ball,smpte color bars\" ! appsink name=out sync=false"
     ))
     .expect("pipeline")
@@ -127,6 +127,15 @@ async fn labels_set_over_grpc_reach_the_meta_and_the_stream_ends_with_the_pipeli
             other => panic!("unexpected {other:?}"),
         }
     }
+    // So do the element's label properties, which read the set the stream is scored by.
+    let tagger = pipeline.by_name("tagger").expect("the cliptag element");
+    assert_eq!(tagger.property::<String>("labels"), new.join(","));
+    let list: Vec<String> = tagger
+        .property::<gst::Array>("label-list")
+        .iter()
+        .filter_map(|v| v.get::<String>().ok())
+        .collect();
+    assert_eq!(list, new);
     // The buffers say the same.
     let deadline = Instant::now() + WAIT;
     while !tags.lock().expect("tags").iter().any(|t| t.version == 2) {

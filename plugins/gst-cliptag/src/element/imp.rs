@@ -556,6 +556,15 @@ impl Cliptag {
         }
     }
 
+    /// The spec of the label set this element's stream is scored by, while it runs.
+    fn live_label_spec(&self) -> Option<cliptag_engine::LabelSetSpec> {
+        let (engine, set) = {
+            let state = lock(&self.state);
+            (state.engine.clone()?, state.label_set.clone())
+        };
+        engine.labels(&set).map(|live| live.spec().clone())
+    }
+
     fn restream(&self) {
         let stream = lock(&self.state).stream.clone();
         let Some(stream) = stream else {
@@ -769,8 +778,27 @@ impl ObjectImpl for Cliptag {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        let s = lock(&self.settings);
-        match pspec.name() {
+        let name = pspec.name();
+        if name == "stats" {
+            return self.stats().to_value();
+        }
+        // While running, the label properties read the set the stream is scored by now.
+        let live = match name {
+            "labels" | "label-list" | "prompt-template" | "scoring" | "threshold" | "top-k" => {
+                self.live_label_spec()
+            }
+            _ => None,
+        };
+        let settings = lock(&self.settings);
+        let reflected;
+        let s: &Settings = match &live {
+            Some(spec) => {
+                reflected = settings.reflecting(spec);
+                &reflected
+            }
+            None => &settings,
+        };
+        match name {
             "model" => s.model.to_value(),
             "device" => s.device.to_value(),
             "dtype" => s.dtype.to_value(),
@@ -794,10 +822,6 @@ impl ObjectImpl for Cliptag {
             "grpc-token" => s.grpc_token.to_value(),
             "grpc-tls-cert" => s.grpc_tls_cert.to_value(),
             "grpc-tls-key" => s.grpc_tls_key.to_value(),
-            "stats" => {
-                drop(s);
-                self.stats().to_value()
-            }
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");
                 glib::Value::from_type(pspec.value_type())

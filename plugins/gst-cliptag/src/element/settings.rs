@@ -179,6 +179,23 @@ impl Settings {
         }))
     }
 
+    /// These settings with the label properties (`labels`, `label-list`,
+    /// `prompt-template`, `scoring`, `threshold`, `top-k`) read from the label set the
+    /// stream is scored by now, which gRPC clients may have changed since the
+    /// properties were set.
+    pub fn reflecting(&self, live: &LabelSetSpec) -> Settings {
+        let mut s = self.clone();
+        s.labels = live.labels.iter().map(|l| l.name.clone()).collect();
+        s.prompt_template = live.template.clone();
+        s.scoring = match live.scoring {
+            EngineScoring::Softmax => Scoring::Softmax,
+            EngineScoring::Sigmoid { .. } => Scoring::Sigmoid,
+        };
+        s.threshold = f64::from(live.threshold);
+        s.top_k = u32::try_from(live.top_k).unwrap_or(u32::MAX);
+        s
+    }
+
     /// The label set the properties describe.
     pub fn label_spec(&self) -> Result<LabelSetSpec, String> {
         let names = if self.labels_file.is_empty() {
@@ -246,7 +263,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecString::builder("labels")
             .nick("Labels")
-            .blurb("Comma-separated labels scored on every inferred frame; changes while PLAYING apply to a later frame and raise the label-set version")
+            .blurb("Comma-separated labels scored on every inferred frame; changes while PLAYING apply to a later frame and raise the label-set version. Reads back the set in use, with changes made over gRPC")
             .default_value(Some(DEFAULT_LABELS))
             .flags(mutable_playing)
             .build(),
