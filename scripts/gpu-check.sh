@@ -9,7 +9,8 @@
 #    (conversion, resize and normalization on the device);
 # 2. the vision tower of ViT-B/32 and ViT-L/14 shapes (random weights) at batch 1, 8,
 #    32, 128 and 256 in images/s, side by side in the same run with PyTorch in fp16 on
-#    SDPA (transformers when installed) on the same weights;
+#    SDPA (transformers when installed) on the same weights, and where cliptag's time
+#    goes, stage by stage (`cliptag bench --profile`);
 # 3. the element end to end: N parallel videotestsrc 1920x1080 I420 streams sharing one
 #    engine (ViT-B/32), frames/s and how many 30 fps streams that makes.
 # It prints a short table last and writes everything into RESULTS_DIR (table.txt, one
@@ -173,7 +174,8 @@ for arch in vit-b-32 vit-l-14; do
     [ "$MODE" = cpu ] && [ "$arch" = vit-l-14 ] && batches=1
     say "vision tower $arch, batch $batches: cliptag, then PyTorch"
     try "tower-$arch-cliptag" "${CLIPTAG[@]}" bench --model "$MODELS/$arch" --device "$DEVICE" \
-        --dtype "$TOWER_DTYPE" --batch "$batches" --seconds "$BENCH_SECONDS" --iters "$ITERS" --json
+        --dtype "$TOWER_DTYPE" --batch "$batches" --seconds "$BENCH_SECONDS" --iters "$ITERS" --json \
+        --profile
     try "tower-$arch-torch" "$PY" "$ROOT/tools/gpu_check.py" bench --model "$MODELS/$arch" \
         --device "$TORCH_DEVICE" --dtype "$TORCH_DTYPE" --threads "$TORCH_THREADS" --batch "$batches" \
         --seconds "$BENCH_SECONDS" --iters "$ITERS"

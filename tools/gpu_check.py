@@ -326,6 +326,21 @@ def report(results: Path) -> None:
                 lines.append(f"  {arch:<9} {b:>5} {cr[b]:>10.1f} {tv:>10.1f} {cr[b] / tv:>6.2f}x")
     if baseline:
         lines.append(f"  pytorch = {baseline}")
+    # Where cliptag's time goes at the largest batch (`cliptag bench --profile`: every
+    # stage waited for on the device), the stages that take most first.
+    for arch in ARCHS:
+        c = results / f"tower-{arch}-cliptag.json"
+        if not c.exists():
+            continue
+        profiled = [r for r in json.loads(c.read_text())["results"] if r.get("profile")]
+        if not profiled:
+            continue
+        r = max(profiled, key=lambda r: r["batch"])
+        total = sum(s["ms_per_batch"] for s in r["profile"])
+        lines += ["", f"cliptag {arch} at batch {r['batch']}, stage by stage ({total:.2f} ms a batch"
+                      f" with a wait around each stage):"]
+        for s in r["profile"][:8]:
+            lines.append(f"  {s['stage']:<28} {s['ms_per_batch']:>9.3f} ms  {s['share']:>6.1%}")
     element = results / "element.json"
     if element.exists():
         e = json.loads(element.read_text())

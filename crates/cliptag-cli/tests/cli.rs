@@ -456,6 +456,53 @@ fn bench_reports_throughput_and_preprocessing_as_json() {
     assert!(err.contains("WIDTHxHEIGHT"), "{err}");
 }
 
+#[test]
+fn bench_profile_breaks_the_forward_pass_into_stages() {
+    let m = model();
+    let out = json_ok(&[
+        "bench",
+        "--model",
+        m.to_str().expect("utf-8"),
+        "--batch",
+        "2",
+        "--seconds",
+        "0",
+        "--iters",
+        "2",
+        "--profile",
+        "--json",
+    ]);
+    let stages = out["results"][0]["profile"].as_array().expect("profile");
+    let calls = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s["stage"] == name)
+            .and_then(|s| s["calls_per_batch"].as_f64())
+            .unwrap_or_else(|| panic!("no stage {name:?} in {out}"))
+    };
+    // Every block has two norms, one of each projection and two residual adds.
+    let blocks = calls("qkv projection");
+    assert!(blocks >= 1.0, "{out}");
+    for name in [
+        "attention",
+        "output projection",
+        "mlp fc1 + activation",
+        "mlp fc2",
+    ] {
+        assert_eq!(calls(name), blocks, "{name}");
+    }
+    assert_eq!(calls("layer norm"), 2.0 * blocks);
+    assert_eq!(calls("residual add"), 2.0 * blocks);
+    assert_eq!(calls("patch embedding"), 1.0);
+    let ms: Vec<f64> = stages
+        .iter()
+        .map(|s| s["ms_per_batch"].as_f64().expect("ms"))
+        .collect();
+    assert!(ms.windows(2).all(|w| w[0] >= w[1]), "longest first: {ms:?}");
+    let shares: f64 = stages.iter().filter_map(|s| s["share"].as_f64()).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "shares sum to {shares}");
+}
+
 /// A frame of `videotestsrc pattern=ball` rendered by GStreamer (from the held-out set).
 fn ball_frame() -> PathBuf {
     let dir = data().join("heldout");

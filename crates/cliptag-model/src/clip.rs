@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::ClipConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, l2_normalize};
+use crate::profile::stage;
 use crate::text::TextTransformer;
 use crate::vision::VisionTransformer;
 use crate::weights::Weights;
@@ -91,22 +92,28 @@ impl Clip {
     /// `pixel_values` `[batch, 3, S, S]` (any float type, any device) -> projected image
     /// embeddings `[batch, projection_dim]` in f32, not normalized.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let x = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let x = stage("input to device and dtype", &self.device, || {
+            Ok(pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?)
+        })?;
         let pooled = self.vision.forward(&x)?;
-        Ok(self
-            .visual_projection
-            .forward(&pooled)?
-            .to_dtype(DType::F32)?)
+        stage("projection", &self.device, || {
+            Ok(self
+                .visual_projection
+                .forward(&pooled)?
+                .to_dtype(DType::F32)?)
+        })
     }
 
     /// Token-id rows (with start and end tokens, any lengths up to the context length)
     /// -> projected text embeddings `[rows, projection_dim]` in f32, not normalized.
     pub fn text_features(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
         let pooled = self.text.forward(ids)?;
-        Ok(self
-            .text_projection
-            .forward(&pooled)?
-            .to_dtype(DType::F32)?)
+        stage("projection", &self.device, || {
+            Ok(self
+                .text_projection
+                .forward(&pooled)?
+                .to_dtype(DType::F32)?)
+        })
     }
 
     /// `logits_per_image` `[images, texts]`: `exp(logit_scale)` times the cosine

@@ -9,6 +9,7 @@ use candle_nn::LayerNorm;
 use crate::config::Activation;
 use crate::error::Result;
 use crate::kernels;
+use crate::profile::stage;
 use crate::weights::Weights;
 
 /// `y = x W^T + b` on inputs of any rank (flattened to a 2-D matmul).
@@ -127,12 +128,20 @@ impl Attention {
 
     /// `x`: `[batch, seq, hidden]`; `causal` stops positions from seeing later ones.
     fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let head_dim = d / self.heads;
-        let qkv = self.qkv.forward(x)?;
-        if let Some(context) = kernels::attention(&qkv, self.heads, causal)? {
-            return self.out.forward(&context);
+        let dev = x.device();
+        let qkv = stage("qkv projection", dev, || self.qkv.forward(x))?;
+        let context = stage("attention", dev, || self.attend(&qkv, causal))?;
+        stage("output projection", dev, || self.out.forward(&context))
+    }
+
+    /// Every position's attention output from the fused projection `[batch, seq, 3d]`.
+    fn attend(&self, qkv: &Tensor, causal: bool) -> Result<Tensor> {
+        if let Some(context) = kernels::attention(qkv, self.heads, causal)? {
+            return Ok(context);
         }
+        let (b, t, three_d) = qkv.dims3()?;
+        let d = three_d / 3;
+        let head_dim = d / self.heads;
         let qkv = qkv
             .reshape((b, t, 3, self.heads, head_dim))?
             .permute((2, 0, 3, 1, 4))?;
@@ -144,28 +153,36 @@ impl Attention {
             scores = scores.broadcast_add(&causal_mask(t, scores.dtype(), scores.device())?)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
+        Ok(probs
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, t, d))?;
-        self.out.forward(&context)
+            .reshape((b, t, d))?)
     }
 
     /// The output at one position per sequence (`positions[i]` of sequence `i`), as
     /// `[batch, 1, hidden]`: every key and value is needed, one query per sequence is.
     /// With `causal`, that query sees the positions up to its own.
     fn forward_at(&self, x: &Tensor, positions: &[usize], causal: bool) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
+        let dev = x.device();
+        let qkv = stage("qkv projection", dev, || self.qkv.forward(x))?;
+        let context = stage("attention", dev, || self.attend_at(&qkv, positions, causal))?;
+        stage("output projection", dev, || self.out.forward(&context))
+    }
+
+    /// The attention output at `positions` only, `[batch, 1, d]`, from the fused
+    /// projection of every position.
+    fn attend_at(&self, qkv: &Tensor, positions: &[usize], causal: bool) -> Result<Tensor> {
+        let (b, t, three_d) = qkv.dims3()?;
+        let d = three_d / 3;
         let head_dim = d / self.heads;
-        let qkv = self.qkv.forward(x)?;
         let split = |part: &Tensor, rows: usize| -> Result<Tensor> {
             Ok(part
                 .reshape((b, rows, self.heads, head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = gather(&qkv, positions)?.narrow(2, 0, d)?;
+        let q = gather(qkv, positions)?.narrow(2, 0, d)?;
         // [b, heads, 1, hd] · [b, heads, hd, t] -> [b, heads, 1, t]
         let mut scores = split(&q, 1)?.matmul(&split(&qkv.narrow(2, d, d)?, t)?.t()?)?;
         if causal {
@@ -174,15 +191,14 @@ impl Attention {
                 .flat_map(|&p| (0..t).map(move |j| if j > p { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
             let mask =
-                Tensor::from_vec(mask, (b, 1, 1, t), x.device())?.to_dtype(scores.dtype())?;
+                Tensor::from_vec(mask, (b, 1, 1, t), qkv.device())?.to_dtype(scores.dtype())?;
             scores = scores.broadcast_add(&mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
+        Ok(probs
             .matmul(&split(&qkv.narrow(2, 2 * d, d)?, t)?)?
             .transpose(1, 2)?
-            .reshape((b, 1, d))?;
-        self.out.forward(&context)
+            .reshape((b, 1, d))?)
     }
 }
 
@@ -233,30 +249,37 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
-        let h = self.attention.forward(&self.norm1.forward(x)?, causal)?;
-        let x = kernels::add(h, x)?;
+        let dev = x.device();
+        let n = stage("layer norm", dev, || Ok(self.norm1.forward(x)?))?;
+        let h = self.attention.forward(&n, causal)?;
+        let x = stage("residual add", dev, || kernels::add(h, x))?;
         self.feed_forward(x)
     }
 
     /// The block's output at `positions` only, `[batch, 1, hidden]`.
     fn forward_at(&self, x: &Tensor, positions: &[usize], causal: bool) -> Result<Tensor> {
-        let h = self
-            .attention
-            .forward_at(&self.norm1.forward(x)?, positions, causal)?;
-        let x = kernels::add(h, &gather(x, positions)?)?;
+        let dev = x.device();
+        let n = stage("layer norm", dev, || Ok(self.norm1.forward(x)?))?;
+        let h = self.attention.forward_at(&n, positions, causal)?;
+        let x = stage("residual add", dev, || {
+            kernels::add(h, &gather(x, positions)?)
+        })?;
         self.feed_forward(x)
     }
 
     /// The second half of the block: `x + mlp(norm2(x))`.
     fn feed_forward(&self, x: Tensor) -> Result<Tensor> {
-        let n = self.norm2.forward(&x)?;
-        let h = if self.act == Activation::QuickGelu {
-            self.fc1.forward_fused(&n, true)?
-        } else {
-            activate(self.act, self.fc1.forward(&n)?)?
-        };
-        let h = self.fc2.forward(&h)?;
-        kernels::add(h, &x)
+        let dev = x.device();
+        let n = stage("layer norm", dev, || Ok(self.norm2.forward(&x)?))?;
+        let h = stage("mlp fc1 + activation", dev, || {
+            if self.act == Activation::QuickGelu {
+                self.fc1.forward_fused(&n, true)
+            } else {
+                activate(self.act, self.fc1.forward(&n)?)
+            }
+        })?;
+        let h = stage("mlp fc2", dev, || self.fc2.forward(&h))?;
+        stage("residual add", dev, || kernels::add(h, &x))
     }
 }
 

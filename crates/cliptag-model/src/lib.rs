@@ -26,6 +26,7 @@ pub mod image_file;
 mod kernels;
 mod layers;
 pub mod preprocess;
+pub mod profile;
 mod text;
 pub mod tokenizer;
 mod vision;

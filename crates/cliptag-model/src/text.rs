@@ -7,6 +7,7 @@ use candle_nn::LayerNorm;
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{Encoder, EncoderShape, layer_norm};
+use crate::profile::stage;
 use crate::weights::Weights;
 
 /// The `eos_token_id` of the original OpenAI configs. `transformers` treats it as a flag
@@ -106,15 +107,19 @@ impl TextTransformer {
             ids.extend((0..len).map(|i| row.get(i).copied().unwrap_or(last)));
         }
         let device = self.token_embedding.device();
-        let ids = Tensor::from_vec(ids, (b * len,), device)?;
         let d = cfg.hidden_size;
-        let x = self
-            .token_embedding
-            .index_select(&ids, 0)?
-            .reshape((b, len, d))?;
-        let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
+        let x = stage("token embedding", device, || {
+            let ids = Tensor::from_vec(ids, (b * len,), device)?;
+            let x = self
+                .token_embedding
+                .index_select(&ids, 0)?
+                .reshape((b, len, d))?;
+            Ok(x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?)
+        })?;
         // Only each row's pooled position is computed through the last block.
         let x = self.encoder.forward_at(&x, &pooled, true)?;
-        Ok(self.final_norm.forward(&x)?.squeeze(1)?)
+        stage("final norm", device, || {
+            Ok(self.final_norm.forward(&x)?.squeeze(1)?)
+        })
     }
 }

@@ -6,6 +6,7 @@ use candle_nn::LayerNorm;
 use crate::config::VisionConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{Encoder, EncoderShape, Linear, layer_norm};
+use crate::profile::stage;
 use crate::weights::Weights;
 
 /// `vision_model.*` of a CLIP checkpoint.
@@ -70,21 +71,26 @@ impl VisionTransformer {
         let p = cfg.patch_size;
         let n = cfg.patches_per_side();
         let d = cfg.hidden_size;
-        let patches = pixel_values
-            .reshape((b, c, n, p, n, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b, n * n, c * p * p))?;
-        let patches = self.patch_embedding.forward(&patches)?;
-        let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
-        let x = Tensor::cat(&[class, patches], 1)?;
-        let x = x.broadcast_add(&self.position_embedding)?;
-        let x = self.pre_norm.forward(&x)?;
+        let dev = pixel_values.device();
+        let patches = stage("patch embedding", dev, || {
+            let patches = pixel_values
+                .reshape((b, c, n, p, n, p))?
+                .permute((0, 2, 4, 1, 3, 5))?
+                .contiguous()?
+                .reshape((b, n * n, c * p * p))?;
+            self.patch_embedding.forward(&patches)
+        })?;
+        let x = stage("embeddings + pre-norm", dev, || {
+            let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
+            let x = Tensor::cat(&[class, patches], 1)?;
+            let x = x.broadcast_add(&self.position_embedding)?;
+            Ok(self.pre_norm.forward(&x)?)
+        })?;
         // Only the class token is pooled.
         let pooled = self
             .encoder
             .forward_at(&x, &vec![0; b], false)?
             .squeeze(1)?;
-        Ok(self.post_norm.forward(&pooled)?)
+        stage("final norm", dev, || Ok(self.post_norm.forward(&pooled)?))
     }
 }

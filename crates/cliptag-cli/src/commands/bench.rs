@@ -26,6 +26,11 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time every stage of the forward pass (embeddings, each block's norms,
+    /// projections, attention, MLP, residual adds) over a few extra batches at each
+    /// size, waiting for the device around each stage: where the time goes, on any device.
+    #[arg(long)]
+    profile: bool,
     /// Also time preprocessing of a synthetic frame of this size (e.g. 1920x1080) in
     /// BGRx, NV12 and I420, in milliseconds per frame (a frame's rows are spread over
     /// the threads; RAYON_NUM_THREADS=1 times one thread).
@@ -41,6 +46,53 @@ pub struct Args {
     /// Prompts in each label update while frames flow.
     #[arg(long, default_value_t = 1000)]
     update_prompts: usize,
+}
+
+/// Stage times of `passes` forward passes over `pixels`, per batch, longest first.
+fn profile_stages(
+    net: &cliptag_model::Clip,
+    pixels: &Tensor,
+    passes: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let (outcome, stages) = cliptag_model::profile::record(|| -> Result<()> {
+        for _ in 0..passes {
+            net.image_features(pixels)?;
+        }
+        Ok(())
+    });
+    outcome?;
+    let total: f64 = stages.iter().map(|s| s.total.as_secs_f64()).sum();
+    let mut rows: Vec<serde_json::Value> = stages
+        .iter()
+        .map(|s| {
+            let ms = s.total.as_secs_f64() * 1e3 / passes as f64;
+            json!({
+                "stage": s.name,
+                "ms_per_batch": ms,
+                "share": s.total.as_secs_f64() / total.max(f64::MIN_POSITIVE),
+                "calls_per_batch": f64::from(s.calls) / passes as f64,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b["ms_per_batch"]
+            .as_f64()
+            .partial_cmp(&a["ms_per_batch"].as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    Ok(rows)
+}
+
+fn print_stages(stages: &[serde_json::Value]) {
+    for s in stages {
+        println!(
+            "    {:<28} {:>9.3} ms/batch  {:>5.1}%  ({} calls)",
+            s["stage"].as_str().unwrap_or("?"),
+            s["ms_per_batch"].as_f64().unwrap_or(0.0),
+            100.0 * s["share"].as_f64().unwrap_or(0.0),
+            s["calls_per_batch"].as_f64().unwrap_or(0.0),
+        );
+    }
 }
 
 fn parse_size(size: &str) -> Result<(usize, usize)> {
@@ -138,11 +190,11 @@ pub fn run(args: Args) -> Result<()> {
         }
         let elapsed = start.elapsed().as_secs_f64();
         let per_batch = elapsed / done as f64;
-        results.push(json!({
+        let mut result = json!({
             "batch": batch,
             "images_per_s": batch as f64 / per_batch,
             "ms_per_batch": per_batch * 1e3,
-        }));
+        });
         if !args.json {
             println!(
                 "batch {batch:>4}: {:>8.2} img/s  {:>9.2} ms/batch",
@@ -150,6 +202,14 @@ pub fn run(args: Args) -> Result<()> {
                 per_batch * 1e3
             );
         }
+        if args.profile {
+            let stages = profile_stages(net, &pixels, args.iters.max(1))?;
+            if !args.json {
+                print_stages(&stages);
+            }
+            result["profile"] = serde_json::Value::Array(stages);
+        }
+        results.push(result);
     }
     let mut preprocessing = Vec::new();
     if let Some(size) = &args.preprocess {
