@@ -164,10 +164,14 @@ fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepa
         .map(|(item, _)| item.1.frame.pixels())
         .collect();
     let good = frames.len();
-    let pixels = model
-        .preprocessor
-        .pixel_values_on(&frames, device)
-        .map_err(|e| e.to_string());
+    let pixels = if good == 0 {
+        Tensor::zeros((0, 3, s, s), DType::F32, device).map_err(|e| e.to_string())
+    } else {
+        model
+            .preprocessor
+            .pixel_values_on(&frames, device)
+            .map_err(|e| e.to_string())
+    };
     drop(frames);
     let tensor: Pixels = match &pixels {
         Ok(t) if good == batch.len() => Ok(t.clone()),
