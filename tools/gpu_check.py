@@ -344,7 +344,7 @@ def report(results: Path) -> None:
     element = results / "element.json"
     if element.exists():
         e = json.loads(element.read_text())
-        lines += ["", f"element, N x videotestsrc {e['size']} {e['format']} ! cliptag (one engine, "
+        lines += ["", f"element, N x videotestsrc {e['size']} {e['format']} ! imagefreeze ! cliptag (one engine, "
                       f"{e['model']}, max-batch {e['max_batch']}) ! fakesink:"]
         for r in e["runs"]:
             lines.append(f"  {r['streams']:>3} streams: {r['frames_per_s']:>8.1f} frames/s"
