@@ -136,6 +136,10 @@ async fn labels_set_over_grpc_reach_the_meta_and_the_stream_ends_with_the_pipeli
         .filter_map(|v| v.get::<String>().ok())
         .collect();
     assert_eq!(list, new);
+    // A property set now changes only itself: the labels set over gRPC stay.
+    tagger.set_property("threshold", 0.3f64);
+    assert_eq!(tagger.property::<f64>("threshold"), 0.3);
+    assert_eq!(tagger.property::<String>("labels"), new.join(","));
     // The buffers say the same.
     let deadline = Instant::now() + WAIT;
     while !tags.lock().expect("tags").iter().any(|t| t.version == 2) {

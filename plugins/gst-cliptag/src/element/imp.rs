@@ -411,10 +411,9 @@ impl Cliptag {
                     while rx.try_recv().is_ok() {}
                 }
                 let ok = self.srcpad.push_event(event);
-                let (rx, mode) = (
-                    lock(&self.state).out.as_ref().map(|(_, rx)| rx.clone()),
-                    lock(&self.settings).mode,
-                );
+                // One lock at a time: state and settings are never held together.
+                let mode = lock(&self.settings).mode;
+                let rx = lock(&self.state).out.as_ref().map(|(_, rx)| rx.clone());
                 self.flushing.store(false, Ordering::SeqCst);
                 *lock(&self.flow) = Ok(gst::FlowSuccess::Ok);
                 if let (Some(rx), Mode::Sync) = (rx, mode)
@@ -495,7 +494,8 @@ impl Cliptag {
 
     /// Sync mode: the event follows the frames before it through the task's queue.
     fn forward_serialized(&self, pad: &gst::Pad, event: gst::Event) -> bool {
-        let sender = match lock(&self.settings).mode {
+        let mode = lock(&self.settings).mode;
+        let sender = match mode {
             Mode::Sync => lock(&self.state).out.as_ref().map(|(tx, _)| tx.clone()),
             Mode::Async => None,
         };
@@ -513,7 +513,8 @@ impl Cliptag {
                 return false;
             }
             let (live, min, max) = q.result();
-            let ours = match lock(&self.settings).mode {
+            let mode = lock(&self.settings).mode;
+            let ours = match mode {
                 Mode::Sync => lock(&self.state).latency,
                 Mode::Async => gst::ClockTime::ZERO,
             };
@@ -526,7 +527,9 @@ impl Cliptag {
     // ------------------------------------------------------------------ properties
 
     /// Re-sends the label set after a label or scoring property changed while running.
-    fn relabel(&self) {
+    /// Applies a label property that was just set (`changed`) to the running stream's
+    /// label set: only that property changes, whatever gRPC clients changed stays.
+    fn relabel(&self, changed: &str) {
         let (engine, set) = {
             let state = lock(&self.state);
             (state.engine.clone(), state.label_set.clone())
@@ -534,7 +537,14 @@ impl Cliptag {
         let Some(engine) = engine else {
             return;
         };
-        let spec = lock(&self.settings).label_spec();
+        let live = engine.labels(&set).map(|live| live.spec().clone());
+        let spec = {
+            let settings = lock(&self.settings);
+            match live {
+                Some(live) => settings.apply_to(live, changed),
+                None => settings.label_spec(),
+            }
+        };
         let result = spec.and_then(|spec| {
             engine
                 .set_labels(&set, spec, None)
@@ -771,7 +781,7 @@ impl ObjectImpl for Cliptag {
         }
         match name {
             "labels" | "label-list" | "labels-file" | "prompt-template" | "top-k" | "threshold"
-            | "scoring" => self.relabel(),
+            | "scoring" => self.relabel(name),
             "interval" | "overload" | "smoothing" => self.restream(),
             _ => {}
         }

@@ -191,29 +191,60 @@ impl Settings {
             EngineScoring::Softmax => Scoring::Softmax,
             EngineScoring::Sigmoid { .. } => Scoring::Sigmoid,
         };
-        s.threshold = f64::from(live.threshold);
+        // The set holds f32: keep the property's own f64 when it is what the set holds.
+        if self.threshold as f32 != live.threshold {
+            s.threshold = f64::from(live.threshold);
+        }
         s.top_k = u32::try_from(live.top_k).unwrap_or(u32::MAX);
         s
     }
 
     /// The label set the properties describe.
     pub fn label_spec(&self) -> Result<LabelSetSpec, String> {
-        let names = if self.labels_file.is_empty() {
-            self.labels.clone()
-        } else {
-            read_labels_file(&self.labels_file)?
-        };
-        let mut spec = LabelSetSpec::from_names(&names);
+        let mut spec = LabelSetSpec::from_names(&self.label_names()?);
         spec.template = self.prompt_template.clone();
-        spec.scoring = match self.scoring {
-            Scoring::Softmax => EngineScoring::Softmax,
-            Scoring::Sigmoid => EngineScoring::Sigmoid {
-                center: EngineScoring::DEFAULT_SIGMOID_CENTER,
-            },
-        };
+        spec.scoring = self.engine_scoring(None);
         spec.threshold = self.threshold as f32;
         spec.top_k = self.top_k as usize;
         Ok(spec)
+    }
+
+    /// The set in use with only the property `changed` taken from these settings: a
+    /// property set while the element runs changes that one thing and keeps what gRPC
+    /// clients changed in the rest (other labels, prompts, pooling, sigmoid centre).
+    pub fn apply_to(&self, mut live: LabelSetSpec, changed: &str) -> Result<LabelSetSpec, String> {
+        match changed {
+            "labels" | "label-list" | "labels-file" => {
+                live.labels = LabelSetSpec::from_names(&self.label_names()?).labels;
+            }
+            "prompt-template" => live.template = self.prompt_template.clone(),
+            "scoring" => live.scoring = self.engine_scoring(Some(live.scoring)),
+            "threshold" => live.threshold = self.threshold as f32,
+            "top-k" => live.top_k = self.top_k as usize,
+            _ => {}
+        }
+        Ok(live)
+    }
+
+    /// The labels: from `labels-file` when set, else `labels`.
+    fn label_names(&self) -> Result<Vec<String>, String> {
+        if self.labels_file.is_empty() {
+            Ok(self.labels.clone())
+        } else {
+            read_labels_file(&self.labels_file)
+        }
+    }
+
+    /// The `scoring` property for the engine; a sigmoid keeps the centre of `current`
+    /// when that is a sigmoid already.
+    fn engine_scoring(&self, current: Option<EngineScoring>) -> EngineScoring {
+        match (self.scoring, current) {
+            (Scoring::Softmax, _) => EngineScoring::Softmax,
+            (Scoring::Sigmoid, Some(sigmoid @ EngineScoring::Sigmoid { .. })) => sigmoid,
+            (Scoring::Sigmoid, _) => EngineScoring::Sigmoid {
+                center: EngineScoring::DEFAULT_SIGMOID_CENTER,
+            },
+        }
     }
 
     /// The stream settings the properties describe.
