@@ -96,6 +96,15 @@ fn infer(inner: &Inner, batch: Batch) {
     } else {
         preprocess_on_device(model, batch, s)
     };
+    if prepared.iter().all(|(_, outcome)| outcome.is_err()) {
+        // Nothing to infer: no forward pass on blanks.
+        for ((stream, job), outcome) in prepared {
+            if let Err(e) = outcome {
+                stream.fail(job, e);
+            }
+        }
+        return;
+    }
     let embeddings = pixels
         .and_then(|t| model.network.image_features(&t))
         .and_then(|e| l2_normalize(&e))
@@ -150,63 +159,73 @@ fn preprocess_on_host(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepare
 
 /// On a GPU: the frames' regions go to the device together (one upload per plane for
 /// frames of one format and size); resize, crop and normalization run there for the
-/// whole batch. A frame that cannot be preprocessed gets a blank slot.
+/// whole batch. If that fails, frame by frame, so that a frame that cannot be
+/// preprocessed costs only its own slot, which is left blank.
 fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepared>, Pixels) {
     let device = model.network.device();
-    let checks: Vec<Result<(), String>> = batch
+    let mut outcomes: Vec<Result<(), String>> = batch
         .iter()
         .map(|item| check_size(model, &item.1))
         .collect();
-    let frames: Vec<_> = batch
-        .iter()
-        .zip(&checks)
-        .filter(|(_, check)| check.is_ok())
-        .map(|(item, _)| item.1.frame.pixels())
-        .collect();
-    let good = frames.len();
-    let pixels = if good == 0 {
-        Tensor::zeros((0, 3, s, s), DType::F32, device).map_err(|e| e.to_string())
-    } else {
-        model
-            .preprocessor
-            .pixel_values_on(&frames, device)
-            .map_err(|e| e.to_string())
-    };
-    drop(frames);
-    let tensor: Pixels = match &pixels {
-        Ok(t) if good == batch.len() => Ok(t.clone()),
-        Ok(t) => {
-            // Frames that failed their check take a zero slot after the good ones.
-            let mut next = 0u32;
-            let order: Vec<u32> = checks
-                .iter()
-                .map(|check| match check {
-                    Ok(()) => {
-                        next += 1;
-                        next - 1
-                    }
-                    Err(_) => good as u32,
-                })
-                .collect();
-            Tensor::zeros((1, 3, s, s), DType::F32, device)
-                .and_then(|blank| Tensor::cat(&[t, &blank], 0))
-                .and_then(|all| {
-                    let order = Tensor::from_vec(order, batch.len(), device)?;
-                    all.index_select(&order, 0)
-                })
-                .map_err(Into::into)
+    let good: Vec<usize> = (0..batch.len()).filter(|&i| outcomes[i].is_ok()).collect();
+    let blank = || Tensor::zeros((1, 3, s, s), DType::F32, device);
+    let pixels = {
+        let frames: Vec<_> = good.iter().map(|&i| batch[i].1.frame.pixels()).collect();
+        if frames.is_empty() {
+            Tensor::zeros((0, 3, s, s), DType::F32, device).map_err(Into::into)
+        } else {
+            model
+                .preprocessor
+                .pixel_values_on(&frames, device)
+                .or_else(|_| one_by_one(model, &frames, &good, &mut outcomes, s))
         }
-        Err(_) => Tensor::zeros((batch.len(), 3, s, s), DType::F32, device).map_err(Into::into),
     };
-    let prepared = batch
-        .into_iter()
-        .zip(checks)
-        .map(|(item, check)| {
-            let outcome = check.and_then(|()| pixels.as_ref().map(|_| ()).map_err(Clone::clone));
-            (item, outcome)
-        })
-        .collect();
+    // Frames that failed their size check take a blank slot after the others.
+    let tensor = pixels.and_then(|t| {
+        if good.len() == batch.len() {
+            return Ok(t);
+        }
+        let order = Tensor::from_vec(slot_order(&good, batch.len()), batch.len(), device)?;
+        Ok(Tensor::cat(&[t, blank()?], 0)?.index_select(&order, 0)?)
+    });
+    let prepared = batch.into_iter().zip(outcomes).collect();
     (prepared, tensor)
+}
+
+/// The frames' pixel values one call each: a frame that fails gets a blank slot, and
+/// its error in `outcomes` (indexed by the batch positions `good` gives).
+fn one_by_one(
+    model: &ClipModel,
+    frames: &[cliptag_model::FrameRef<'_>],
+    good: &[usize],
+    outcomes: &mut [Result<(), String>],
+    s: usize,
+) -> Pixels {
+    let device = model.network.device();
+    let mut slots = Vec::with_capacity(frames.len());
+    for (frame, &i) in frames.iter().zip(good) {
+        match model
+            .preprocessor
+            .pixel_values_on(std::slice::from_ref(frame), device)
+        {
+            Ok(t) => slots.push(t),
+            Err(e) => {
+                outcomes[i] = Err(e.to_string());
+                slots.push(Tensor::zeros((1, 3, s, s), DType::F32, device)?);
+            }
+        }
+    }
+    Ok(Tensor::cat(&slots, 0)?)
+}
+
+/// For each of `n` frames, its row in a tensor of the frames `good` lists (in that order)
+/// followed by one blank row: frames not in `good` get the blank.
+fn slot_order(good: &[usize], n: usize) -> Vec<u32> {
+    let mut order = vec![good.len() as u32; n];
+    for (row, &i) in good.iter().enumerate() {
+        order[i] = row as u32;
+    }
+    order
 }
 
 /// Whether the preprocessor makes what the vision tower takes from this frame.
@@ -214,4 +233,17 @@ fn check_size(model: &ClipModel, job: &Job) -> Result<(), String> {
     model
         .check_frame_size(&job.frame.pixels())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_order;
+
+    #[test]
+    fn frames_that_fail_their_check_point_at_the_blank_row() {
+        // Frames 1 and 3 of 5 failed: the others are rows 0, 1, 2; the blank is row 3.
+        assert_eq!(slot_order(&[0, 2, 4], 5), [0, 3, 1, 3, 2]);
+        assert_eq!(slot_order(&[], 2), [0, 0]);
+        assert_eq!(slot_order(&[0, 1], 2), [0, 1]);
+    }
 }

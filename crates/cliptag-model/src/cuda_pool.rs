@@ -10,32 +10,36 @@
 use candle_core::Device;
 use candle_core::cuda_backend::cudarc::driver::sys;
 
-use crate::error::{ModelError, Result};
-
 /// Tells the default memory pool of `device`'s GPU to keep freed memory (no release
-/// threshold). Does nothing for the CPU.
-pub(crate) fn retain_freed_memory(device: &Device) -> Result<()> {
+/// threshold). Best effort: a device without memory pools (candle then allocates
+/// without one) or a driver that refuses is left as it is, and inference runs the same,
+/// only without the reuse. Does nothing for the CPU.
+pub(crate) fn retain_freed_memory(device: &Device) {
     let Device::Cuda(cuda) = device else {
-        return Ok(());
+        return;
     };
-    let cu_device = cuda.cuda_stream().context().cu_device();
+    let stream = cuda.cuda_stream();
+    let context = stream.context();
+    if !context.has_async_alloc() {
+        return;
+    }
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut threshold = u64::MAX;
-    let fail = |what: &str, e: sys::CUresult| ModelError::Device(format!("{what}: {e:?}"));
     // SAFETY: `pool` receives the device's default pool handle, which lives as long as the
     // driver; the release threshold attribute takes a pointer to a u64 that outlives the
-    // call.
+    // call. Both calls only read or set driver state; their results are checked.
     unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, cu_device)
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device())
             .result()
-            .map_err(|e| fail("cannot find the GPU's memory pool", e.0))?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            (&raw mut threshold).cast(),
-        )
-        .result()
-        .map_err(|e| fail("cannot keep freed memory in the GPU's memory pool", e.0))?;
+            .is_ok()
+        {
+            // A refusal leaves the default threshold: nothing else depends on it.
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&raw mut threshold).cast(),
+            )
+            .result();
+        }
     }
-    Ok(())
 }

@@ -33,10 +33,24 @@ thread_local! {
 /// of every stage it ran, in the order each first ran. Recordings do not nest: an inner
 /// one takes over the stages until it ends.
 pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<StageTime>) {
-    let outer = STAGES.with(|s| s.borrow_mut().replace(Vec::new()));
+    /// Puts the outer recording (or none) back when `record` ends, unwinding included.
+    struct Restore(Option<Vec<StageTime>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            STAGES.with(|s| *s.borrow_mut() = outer);
+        }
+    }
+    let restore = Restore(STAGES.with(|s| s.borrow_mut().replace(Vec::new())));
     let out = f();
-    let stages = STAGES.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
+    let stages = STAGES.with(|s| s.borrow_mut().take());
+    drop(restore);
     (out, stages.unwrap_or_default())
+}
+
+/// Whether stages are being recorded on this thread.
+fn recording() -> bool {
+    STAGES.with(|s| s.borrow().is_some())
 }
 
 /// Runs one stage of a forward pass, timed when a recording is on.
@@ -45,7 +59,7 @@ pub(crate) fn stage<T>(
     device: &Device,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    if !STAGES.with(|s| s.borrow().is_some()) {
+    if !recording() {
         return f();
     }
     device.synchronize()?;
@@ -92,9 +106,11 @@ mod tests {
         let names: Vec<_> = stages.iter().map(|s| (s.name, s.calls)).collect();
         assert_eq!(names, [("sleep", 3), ("other", 1)]);
         assert!(stages[0].total >= Duration::from_millis(6));
-        // Off again afterwards.
-        let ((), after) = record(|| ());
-        assert!(after.is_empty());
+        // Off again afterwards, and after a recording that panicked.
+        assert!(!recording());
+        let unwound = std::panic::catch_unwind(|| record(|| panic!("in a stage")));
+        assert!(unwound.is_err());
+        assert!(!recording());
         Ok(())
     }
 }

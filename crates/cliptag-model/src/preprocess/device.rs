@@ -18,6 +18,12 @@ use super::resample::{PRECISION_BITS, Taps};
 use super::{FrameRef, Preprocessor, ResizePlan};
 use crate::error::Result;
 
+/// Source pixels converted in one go at most. The conversion holds about a dozen planes
+/// of the region at once, most in f64 (on the order of 100 bytes a pixel): this keeps a
+/// call near 2 GB of device memory however many frames it is given (for 1080p frames
+/// cropped square, 14 frames a go).
+const MAX_PIXELS_AT_ONCE: usize = 16 << 20;
+
 /// The dense `[taps.len(), n]` matrix of the fixed-point taps, as fractions: row `i`
 /// holds output pixel `i`'s weights over source pixels `src0..src0 + n`.
 fn weight_matrix(taps: &[Taps], src0: usize, n: usize) -> Vec<f32> {
@@ -37,7 +43,7 @@ impl Preprocessor {
     ///
     /// Frames of one format, size and colorimetry (every frame of a stream, and usually
     /// of a batch) go through together: one upload per plane and one set of kernels for
-    /// the group, whatever its size.
+    /// up to `MAX_PIXELS_AT_ONCE` source pixels of them.
     pub fn pixel_values_on(&self, frames: &[FrameRef<'_>], device: &Device) -> Result<Tensor> {
         let key = |f: &FrameRef<'_>| (f.format(), f.width(), f.height(), f.colorimetry());
         let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -51,7 +57,10 @@ impl Preprocessor {
         for group in &groups {
             let members: Vec<FrameRef<'_>> = group.iter().map(|&i| frames[i]).collect();
             let plan = self.plan(members[0].width(), members[0].height())?;
-            parts.push(self.resize_on(&members, &plan, device)?);
+            let region = plan.src_rows.len() * plan.src_cols.len();
+            for chunk in members.chunks((MAX_PIXELS_AT_ONCE / region.max(1)).max(1)) {
+                parts.push(self.resize_on(chunk, &plan, device)?);
+            }
         }
         let mut batch = Tensor::cat(&parts, 0)?;
         if groups.len() > 1 {
