@@ -411,23 +411,27 @@ fn bad_input_is_one_clear_line_and_a_failure() {
     assert!(err.contains("tpu"), "{err}");
 }
 
-#[test]
-fn bench_reports_throughput_and_preprocessing_as_json() {
+/// `cliptag bench --json` on the test model at `batches`, no minimum time, plus `extra`.
+fn quick_bench(batches: &str, extra: &[&str]) -> Value {
     let m = model();
-    let out = json_ok(&[
+    let mut args = vec![
         "bench",
         "--model",
         m.to_str().expect("utf-8"),
         "--batch",
-        "1,2",
+        batches,
         "--seconds",
         "0",
-        "--iters",
-        "1",
-        "--preprocess",
-        "64x48",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    json_ok(&args)
+}
+
+#[test]
+fn bench_reports_throughput_and_preprocessing_as_json() {
+    let m = model();
+    let out = quick_bench("1,2", &["--iters", "1", "--preprocess", "64x48"]);
     let results = out["results"].as_array().expect("results");
     let batches: Vec<u64> = results
         .iter()
@@ -458,20 +462,7 @@ fn bench_reports_throughput_and_preprocessing_as_json() {
 
 #[test]
 fn bench_profile_breaks_the_forward_pass_into_stages() {
-    let m = model();
-    let out = json_ok(&[
-        "bench",
-        "--model",
-        m.to_str().expect("utf-8"),
-        "--batch",
-        "2",
-        "--seconds",
-        "0",
-        "--iters",
-        "2",
-        "--profile",
-        "--json",
-    ]);
+    let out = quick_bench("2", &["--iters", "2", "--profile"]);
     let stages = out["results"][0]["profile"].as_array().expect("profile");
     let calls = |name: &str| {
         stages

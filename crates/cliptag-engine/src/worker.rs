@@ -168,7 +168,6 @@ fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepa
         .map(|item| check_size(model, &item.1))
         .collect();
     let good: Vec<usize> = (0..batch.len()).filter(|&i| outcomes[i].is_ok()).collect();
-    let blank = || Tensor::zeros((1, 3, s, s), DType::F32, device);
     let pixels = {
         let frames: Vec<_> = good.iter().map(|&i| batch[i].1.frame.pixels()).collect();
         if frames.is_empty() {
@@ -186,7 +185,8 @@ fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepa
             return Ok(t);
         }
         let order = Tensor::from_vec(slot_order(&good, batch.len()), batch.len(), device)?;
-        Ok(Tensor::cat(&[t, blank()?], 0)?.index_select(&order, 0)?)
+        let blank = Tensor::zeros((1, 3, s, s), DType::F32, device)?;
+        Ok(Tensor::cat(&[t, blank], 0)?.index_select(&order, 0)?)
     });
     let prepared = batch.into_iter().zip(outcomes).collect();
     (prepared, tensor)
