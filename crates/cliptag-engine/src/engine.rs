@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,8 +17,11 @@ use crate::label_set::{LabelSet, TextEncoder};
 use crate::labels::{LabelError, LabelSetSpec};
 use crate::results::{Completion, FrameResult, LabelScore};
 use crate::stats::StreamStats;
-use crate::stream::{ResultCallback, StreamConfig, StreamShared};
+use crate::stream::{Action, ResultCallback, StreamConfig, StreamShared};
 use crate::worker;
+
+/// The most frames [`Engine::warm_up`] runs.
+pub const WARM_UP_FRAMES: usize = 8;
 
 /// How an engine loads its model and batches frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,43 +182,6 @@ impl Engine {
         }))
     }
 
-    /// The engine registered under `id` in this process, started with `config` if there
-    /// is none yet. Engines with the same id share one model and one worker; asking for
-    /// an id that runs another model is an error.
-    pub fn shared(id: &str, config: EngineConfig) -> Result<Arc<Self>> {
-        let mut registry = lock(registry());
-        registry.retain(|_, e| e.strong_count() > 0);
-        if let Some(engine) = registry.get(id).and_then(Weak::upgrade) {
-            let existing = engine.config();
-            if (&existing.model, &existing.device, &existing.dtype)
-                != (&config.model, &config.device, &config.dtype)
-            {
-                return Err(EngineError::EngineMismatch {
-                    id: id.to_string(),
-                    existing: existing.model_description(),
-                    requested: config.model_description(),
-                });
-            }
-            return Ok(engine);
-        }
-        let engine = Self::new(config)?;
-        registry.insert(id.to_string(), Arc::downgrade(&engine));
-        Ok(engine)
-    }
-
-    /// The engine registered under `id`, if one is running.
-    pub fn lookup(id: &str) -> Option<Arc<Self>> {
-        lock(registry()).get(id).and_then(Weak::upgrade)
-    }
-
-    /// The ids of the registered engines that are running.
-    pub fn registered() -> Vec<(String, Arc<Self>)> {
-        lock(registry())
-            .iter()
-            .filter_map(|(id, e)| e.upgrade().map(|e| (id.clone(), e)))
-            .collect()
-    }
-
     /// The model.
     pub fn model(&self) -> &Arc<ClipModel> {
         &self.inner.model
@@ -354,13 +320,18 @@ impl Engine {
             .collect()
     }
 
-    /// Runs one forward pass of `batch` blank frames on the calling thread and returns
-    /// how long it took: what a frame adds to a pipeline's latency besides waiting for
-    /// its batch. Also warms caches and lazily initialised kernels.
+    /// How long a forward pass of `batch` frames takes, measured on the calling thread
+    /// with blank frames; also warms caches and lazily initialised kernels. What a frame
+    /// adds to a pipeline's latency besides waiting for its batch.
+    ///
+    /// At most [`WARM_UP_FRAMES`] frames are run: a larger batch is estimated from that
+    /// pass in proportion to its size (forward passes grow at most linearly with the
+    /// batch), so that warming up for `max_batch` 1024 does not allocate for 1024 frames.
     pub fn warm_up(&self, batch: usize) -> Result<Duration> {
         let model = &self.inner.model;
         let s = model.network.image_size();
-        let n = batch.max(1);
+        let wanted = batch.max(1);
+        let n = wanted.min(WARM_UP_FRAMES);
         let pixels = cliptag_model::candle_core::Tensor::zeros(
             (n, 3, s, s),
             cliptag_model::candle_core::DType::F32,
@@ -369,7 +340,8 @@ impl Engine {
         let start = std::time::Instant::now();
         model.network.image_features(&pixels)?;
         model.network.device().synchronize()?;
-        Ok(start.elapsed())
+        let measured = start.elapsed();
+        Ok(measured.mul_f64(wanted as f64 / n as f64))
     }
 
     /// Builds a label set that is not registered under any id (version 0), through the
@@ -473,6 +445,16 @@ impl Stream {
         self.shared.flush();
     }
 
+    /// Runs `action` in order with the frames: once every frame submitted before this
+    /// call has been handed back to the result callback, on the thread that hands back
+    /// the last of them (at once, on this thread, when none is pending). For what must
+    /// follow the frames without waiting for them here, such as a pipeline's serialized
+    /// events. A flush drops it unrun; an unordered stream runs it at once.
+    pub fn after_frames(&self, action: impl FnOnce() + Send + 'static) -> Result<()> {
+        let action: Action = Box::new(action);
+        self.shared.after_frames(action)
+    }
+
     /// Waits until every submitted frame has been delivered (end of stream); false if
     /// `timeout` passed first.
     pub fn drain(&self, timeout: Duration) -> bool {
@@ -511,9 +493,4 @@ impl Drop for Stream {
         lock(&self.engine.inner.streams).retain(|s| !Arc::ptr_eq(s, &self.shared));
         self.shared.close();
     }
-}
-
-fn registry() -> &'static Mutex<HashMap<String, Weak<Engine>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<Engine>>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
 }

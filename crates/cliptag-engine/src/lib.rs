@@ -33,6 +33,8 @@
 mod broadcast;
 mod engine;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod frame;
 mod label_set;
 mod labels;
@@ -45,7 +47,7 @@ mod worker;
 
 pub use broadcast::{Received, Subscription};
 pub use cliptag_model;
-pub use engine::{Engine, EngineConfig, EngineStats, Stream, StreamInfo};
+pub use engine::{Engine, EngineConfig, EngineStats, Stream, StreamInfo, WARM_UP_FRAMES};
 pub use error::{EngineError, Result};
 pub use frame::{FrameTiming, OwnedFrame, VideoFrame};
 pub use label_set::LabelSet;
@@ -55,5 +57,5 @@ pub use labels::{
 };
 pub use results::{Completion, EventKind, FrameResult, LabelEvent, LabelScore};
 pub use stats::StreamStats;
-pub use stream::{Overload, ResultCallback, StreamConfig};
+pub use stream::{Action, Overload, ResultCallback, StreamConfig};
 pub use tracker::Smoothing;

@@ -75,12 +75,26 @@ impl FrameResult {
 pub struct Completion {
     /// The result.
     pub result: Arc<FrameResult>,
+    /// Set when the frame's batch failed as a whole: the inference worker panicked or the
+    /// forward pass returned an error (the text names the cause). The result is then the
+    /// last one delivered, marked stale, and observers do not see it. Inference of this
+    /// stream cannot be trusted to go on: an owner should stop and report it.
+    pub error: Option<Arc<str>>,
     frame: Box<dyn VideoFrame>,
 }
 
 impl Completion {
     pub(crate) fn new(result: Arc<FrameResult>, frame: Box<dyn VideoFrame>) -> Self {
-        Self { result, frame }
+        Self {
+            result,
+            error: None,
+            frame,
+        }
+    }
+
+    pub(crate) fn with_error(mut self, error: Arc<str>) -> Self {
+        self.error = Some(error);
+        self
     }
 
     /// The submitted frame back, as the type it was submitted as; `None` if it was
@@ -94,6 +108,7 @@ impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Completion")
             .field("result", &self.result)
+            .field("error", &self.error)
             .finish_non_exhaustive()
     }
 }

@@ -2,8 +2,10 @@
 //! results back in frame order.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
@@ -71,6 +73,15 @@ impl Default for StreamConfig {
 /// wait on this stream.
 pub type ResultCallback = Arc<dyn Fn(Completion) + Send + Sync>;
 
+/// Work queued behind the frames submitted before it (see [`Stream::after_frames`](crate::Stream::after_frames)).
+pub type Action = Box<dyn FnOnce() + Send>;
+
+/// What the delivering thread hands to the stream's owner, in order.
+enum Delivery {
+    Frame(Completion),
+    Action(Action),
+}
+
 /// A frame on its way to the worker.
 pub(crate) struct Job {
     pub frame_no: u64,
@@ -87,6 +98,9 @@ enum Slot {
     Done(Arc<FrameResult>, Box<dyn VideoFrame>),
     /// Not inferred; takes the result delivered before it.
     Carry(FrameTiming, Box<dyn VideoFrame>),
+    /// Its batch failed as a whole (the worker panicked or the forward pass failed): it
+    /// takes the result delivered before it, with the error.
+    Failed(FrameTiming, Box<dyn VideoFrame>, Arc<str>),
 }
 
 /// Numbers a new frame and decides whether the interval makes it due for inference.
@@ -122,16 +136,25 @@ struct SeqState {
     tracker: Tracker,
     /// Frames since the last one sent to inference (for `interval`).
     since_inferred: u64,
-    outbox: VecDeque<Completion>,
-    delivering: bool,
-    /// A completion is in the result callback right now (its frame is still alive).
+    /// Actions waiting for the frames before them: (the first frame after them, action).
+    markers: VecDeque<(u64, Action)>,
+    outbox: VecDeque<Delivery>,
+    /// The thread delivering the outbox, if one is.
+    deliverer: Option<ThreadId>,
+    /// A delivery is in the owner's hands right now (a frame still alive, or an action
+    /// running).
     in_hand: bool,
 }
 
 impl SeqState {
-    /// Frames submitted and not yet handed back: the pending window.
+    /// Frames and actions submitted and not yet handed back: the pending window.
     fn undelivered(&self) -> usize {
         self.slots.len() + self.outbox.len() + usize::from(self.in_hand)
+    }
+
+    /// Everything not yet handed back, actions waiting for their frames included.
+    fn unfinished(&self) -> usize {
+        self.undelivered() + self.markers.len()
     }
 }
 
@@ -174,8 +197,9 @@ impl StreamShared {
                 latest: None,
                 tracker: Tracker::default(),
                 since_inferred: 0,
+                markers: VecDeque::new(),
                 outbox: VecDeque::new(),
-                delivering: false,
+                deliverer: None,
                 in_hand: false,
             }),
             progress: Condvar::new(),
@@ -379,7 +403,8 @@ impl StreamShared {
         } else {
             st.slots.remove(&job.frame_no);
             st.last = Some(result.clone());
-            st.outbox.push_back(Completion::new(result, job.frame));
+            st.outbox
+                .push_back(Delivery::Frame(Completion::new(result, job.frame)));
         }
         self.drain(st);
     }
@@ -403,12 +428,48 @@ impl StreamShared {
         self.drain(st);
     }
 
-    /// Moves every ready result at the head into the outbox, then delivers the outbox
-    /// unless another thread is already delivering (it will pick these up, in order).
+    /// A job whose whole batch failed (the worker panicked, or the forward pass returned
+    /// an error): it is delivered in order with the error, so that the stream's owner
+    /// learns that inference stopped instead of waiting for it.
+    pub(crate) fn abort(&self, job: Job, error: Arc<str>) {
+        self.counters.record_error(error.to_string());
+        let mut st = self.lock();
+        if job.epoch != st.epoch || !st.slots.contains_key(&job.frame_no) {
+            Counters::add(&self.counters.dropped, 1);
+            return;
+        }
+        if self.settings().ordered {
+            st.slots
+                .insert(job.frame_no, Slot::Failed(job.timing, job.frame, error));
+        } else {
+            st.slots.remove(&job.frame_no);
+            let result = Arc::new(self.carried(&st, job.frame_no, job.timing));
+            st.outbox.push_back(Delivery::Frame(
+                Completion::new(result, job.frame).with_error(error),
+            ));
+        }
+        self.drain(st);
+    }
+
+    /// Moves every ready result at the head into the outbox, with the actions due before
+    /// each, then delivers the outbox unless another thread is already delivering (it
+    /// will pick these up, in order).
     fn drain<'a>(&'a self, mut st: MutexGuard<'a, SeqState>) {
         loop {
+            while st
+                .markers
+                .front()
+                .is_some_and(|(before, _)| *before <= st.next_emit)
+            {
+                if let Some((_, action)) = st.markers.pop_front() {
+                    st.outbox.push_back(Delivery::Action(action));
+                }
+            }
             let next = st.next_emit;
-            let ready = matches!(st.slots.get(&next), Some(Slot::Done(..) | Slot::Carry(..)));
+            let ready = matches!(
+                st.slots.get(&next),
+                Some(Slot::Done(..) | Slot::Carry(..) | Slot::Failed(..))
+            );
             if !ready {
                 break;
             }
@@ -424,24 +485,45 @@ impl StreamShared {
                 Slot::Carry(timing, frame) => {
                     Completion::new(Arc::new(self.carried(&st, next, timing)), frame)
                 }
+                Slot::Failed(timing, frame, error) => {
+                    Completion::new(Arc::new(self.carried(&st, next, timing)), frame)
+                        .with_error(error)
+                }
                 Slot::Waiting => unreachable!("checked above"),
             };
-            st.outbox.push_back(completion);
+            st.outbox.push_back(Delivery::Frame(completion));
         }
-        if st.delivering {
+        if st.deliverer.is_some() {
             return;
         }
-        st.delivering = true;
-        while let Some(completion) = st.outbox.pop_front() {
+        st.deliverer = Some(std::thread::current().id());
+        while let Some(delivery) = st.outbox.pop_front() {
             st.in_hand = true;
             drop(st);
-            self.results.publish(completion.result.clone());
-            (self.on_result)(completion);
+            // The owner's code runs outside the lock; should it panic, the stream must
+            // not stay marked as delivering (every later result would wait for a
+            // delivery that never ends), so the panic goes on only after the marks are
+            // cleared.
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| match delivery {
+                Delivery::Frame(completion) => {
+                    if completion.error.is_none() {
+                        self.results.publish(completion.result.clone());
+                    }
+                    (self.on_result)(completion);
+                }
+                Delivery::Action(action) => action(),
+            }));
             st = self.lock();
             st.in_hand = false;
+            if let Err(payload) = outcome {
+                st.deliverer = None;
+                drop(st);
+                self.progress.notify_all();
+                panic::resume_unwind(payload);
+            }
             self.progress.notify_all();
         }
-        st.delivering = false;
+        st.deliverer = None;
         drop(st);
         self.progress.notify_all();
     }
@@ -473,34 +555,71 @@ impl StreamShared {
         }
     }
 
-    /// Drops every frame not yet delivered and forgets the past (scores, pooling, the
-    /// result carried frames repeat): nothing from before a flush reaches a frame after it.
+    /// Drops every frame and action not yet delivered and forgets the past (scores,
+    /// pooling, the result carried frames repeat): nothing from before a flush reaches a
+    /// frame after it. A delivery already in the owner's hands on another thread is
+    /// waited for, so that once this returns the owner sees nothing from before it.
     pub(crate) fn flush(&self) {
         let mut st = self.lock();
         st.epoch += 1;
-        let mut dropped = 0u64;
         while self.rx.try_recv().is_ok() {
             // Counted with its slot below.
         }
-        dropped += st.slots.len() as u64 + st.outbox.len() as u64;
+        let frames = st
+            .outbox
+            .iter()
+            .filter(|d| matches!(d, Delivery::Frame(_)))
+            .count();
+        let dropped = (st.slots.len() + frames) as u64;
         st.slots.clear();
-        st.outbox.clear();
+        // Actions are dropped unrun; what they own (an event, say) goes with them.
+        let outbox = std::mem::take(&mut st.outbox);
+        let markers = std::mem::take(&mut st.markers);
         st.next_emit = st.next_frame;
         st.last = None;
         st.latest = None;
         st.tracker.reset();
         st.since_inferred = 0;
+        let me = std::thread::current().id();
+        while st.in_hand && st.deliverer.is_some_and(|t| t != me) {
+            st = self
+                .progress
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
         drop(st);
+        drop((outbox, markers));
         Counters::add(&self.counters.dropped, dropped);
         self.progress.notify_all();
     }
 
-    /// Waits until every submitted frame's result has been delivered; false on timeout.
+    /// Runs `action` once every frame submitted before it has been handed back, in order
+    /// with those deliveries (on the thread that delivers the last of them, or at once on
+    /// this thread when none is pending). A flush drops it unrun. Unordered streams run
+    /// it at once.
+    pub(crate) fn after_frames(&self, action: Action) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Closed);
+        }
+        if !self.settings().ordered {
+            action();
+            return Ok(());
+        }
+        let mut st = self.lock();
+        let before = st.next_frame;
+        st.markers.push_back((before, action));
+        self.drain(st);
+        Ok(())
+    }
+
+    /// Waits until every submitted frame's result has been delivered and every action
+    /// has run; false on timeout.
     pub(crate) fn drain_all(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         loop {
-            if st.undelivered() == 0 && !st.delivering {
+            if st.unfinished() == 0 && st.deliverer.is_none() {
                 return true;
             }
             let now = Instant::now();

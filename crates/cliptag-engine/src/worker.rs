@@ -3,13 +3,13 @@
 //! and scores each frame with the label set current when the batch started.
 
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cliptag_model::candle_core::{DType, Tensor};
 use cliptag_model::{ClipModel, l2_normalize};
-use crossbeam_channel::RecvTimeoutError;
 use rayon::prelude::*;
 
 use crate::engine::Inner;
@@ -17,41 +17,73 @@ use crate::label_set::LabelSet;
 use crate::stream::{Job, StreamShared};
 
 type Batch = Vec<(Arc<StreamShared>, Job)>;
-/// A batch item with the outcome of preprocessing it.
-type Prepared = ((Arc<StreamShared>, Job), Result<(), String>);
+/// What preprocessing made of each frame of a batch, in batch order.
+type Outcomes = Vec<Result<(), String>>;
 
 pub(crate) fn run(inner: Arc<Inner>) {
     let mut round = 0usize;
-    let idle = std::time::Duration::from_millis(100);
+    // Jobs stay here, outside the code that may panic, until each is handed back: a
+    // panic anywhere in a batch fails the jobs still in it instead of losing them (their
+    // producers would wait for them forever).
+    let mut batch: Batch = Vec::new();
     while !inner.shutdown.load(Ordering::Acquire) {
-        let streams = inner.stream_list();
-        let mut batch: Batch = Vec::new();
-        collect(&streams, round, inner.config.max_batch, &mut batch);
-        if batch.is_empty() {
-            match inner.doorbell_rx.recv_timeout(idle) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            if gather(&inner, round, &mut batch) {
+                infer(&inner, &mut batch);
             }
-        }
-        // Wait for more frames until the batch is full or its oldest frame has waited
-        // max-latency.
-        let oldest = batch
-            .iter()
-            .map(|(_, j)| j.submitted)
-            .min()
-            .unwrap_or_else(Instant::now);
-        let deadline = oldest + inner.config.max_latency;
-        while batch.len() < inner.config.max_batch {
-            let arrived = inner.doorbell_rx.recv_deadline(deadline);
-            let streams = inner.stream_list();
-            collect(&streams, round, inner.config.max_batch, &mut batch);
-            if arrived.is_err() || Instant::now() >= deadline {
-                break;
+        }));
+        if let Err(payload) = outcome {
+            let cause: Arc<str> = Arc::from(format!(
+                "the inference worker panicked: {}",
+                panic_message(payload.as_ref())
+            ));
+            for (stream, job) in batch.drain(..) {
+                // The owner's callback runs in here too: one that panics again must not
+                // take the worker, and with it every other stream, down.
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| stream.abort(job, cause.clone())));
             }
         }
         round = round.wrapping_add(1);
-        infer(&inner, batch);
     }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
+/// Fills `batch`: waits for a first frame, then for more until the batch is full or its
+/// oldest frame has waited max-latency. False when there is nothing to infer.
+fn gather(inner: &Inner, round: usize, batch: &mut Batch) -> bool {
+    let idle = std::time::Duration::from_millis(100);
+    let streams = inner.stream_list();
+    collect(&streams, round, inner.config.max_batch, batch);
+    if batch.is_empty() {
+        // Woken by a new frame, or the idle timeout to look at the shutdown flag.
+        let _ = inner.doorbell_rx.recv_timeout(idle);
+        return false;
+    }
+    let oldest = batch
+        .iter()
+        .map(|(_, j)| j.submitted)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let deadline = oldest + inner.config.max_latency;
+    while batch.len() < inner.config.max_batch {
+        let arrived = inner.doorbell_rx.recv_deadline(deadline);
+        let streams = inner.stream_list();
+        collect(&streams, round, inner.config.max_batch, batch);
+        if arrived.is_err() || Instant::now() >= deadline {
+            break;
+        }
+    }
+    true
 }
 
 /// Takes frames round-robin, one per stream per pass, starting at a different stream each
@@ -78,7 +110,9 @@ fn collect(streams: &[Arc<StreamShared>], round: usize, max: usize, batch: &mut 
     }
 }
 
-fn infer(inner: &Inner, batch: Batch) {
+/// Runs one batch and hands every job back to its stream, taking each out of `batch`
+/// only as it is handed back.
+fn infer(inner: &Inner, batch: &mut Batch) {
     let n = batch.len();
     inner.record_batch(n);
     // The label sets are read once per batch: a swap lands between batches, never inside.
@@ -91,42 +125,51 @@ fn infer(inner: &Inner, batch: Batch) {
     }
     let model = &inner.model;
     let s = model.network.image_size();
-    let (prepared, pixels) = if model.network.device().is_cpu() {
+    let (outcomes, pixels) = if model.network.device().is_cpu() {
         preprocess_on_host(model, batch, s)
     } else {
         preprocess_on_device(model, batch, s)
     };
-    if prepared.iter().all(|(_, outcome)| outcome.is_err()) {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::check(batch);
+    let embeddings = if outcomes.iter().all(Result::is_err) {
         // Nothing to infer: no forward pass on blanks.
-        for ((stream, job), outcome) in prepared {
-            if let Err(e) = outcome {
-                stream.fail(job, e);
-            }
-        }
-        return;
-    }
-    let embeddings = pixels
-        .and_then(|t| model.network.image_features(&t))
-        .and_then(|e| l2_normalize(&e))
-        .and_then(|e| Ok(e.to_dtype(DType::F32)?.to_vec2::<f32>()?));
-    match embeddings {
-        Ok(rows) => {
-            let items = prepared.into_iter().zip(rows).zip(&ids);
-            for ((((stream, job), prep), row), id) in items {
-                match prep {
-                    Ok(()) => {
-                        let set = sets.get(id.as_str()).cloned().flatten();
-                        stream.complete(job, Arc::from(row), set.as_ref(), id, n);
-                    }
-                    Err(e) => stream.fail(job, e),
-                }
-            }
-        }
+        Ok(Vec::new())
+    } else {
+        pixels
+            .and_then(|t| model.network.image_features(&t))
+            .and_then(|e| l2_normalize(&e))
+            .and_then(|e| Ok(e.to_dtype(DType::F32)?.to_vec2::<f32>()?))
+    };
+    let mut rows = match embeddings {
+        Ok(rows) => rows.into_iter(),
         Err(e) => {
-            let msg = format!("inference failed: {e}");
-            for ((stream, job), _) in prepared {
-                stream.fail(job, msg.clone());
+            let cause: Arc<str> = Arc::from(format!("inference failed: {e}"));
+            for (stream, job) in batch.drain(..) {
+                stream.abort(job, cause.clone());
             }
+            return;
+        }
+    };
+    // Back to front is batch order reversed; handing back from the front keeps each
+    // stream's deliveries in submission order.
+    batch.reverse();
+    let mut outcomes = outcomes.into_iter().zip(&ids);
+    while let Some((stream, job)) = batch.pop() {
+        let Some((prep, id)) = outcomes.next() else {
+            break;
+        };
+        let row = rows.next();
+        match (prep, row) {
+            (Ok(()), Some(row)) => {
+                let set = sets.get(id.as_str()).cloned().flatten();
+                stream.complete(job, Arc::from(row), set.as_ref(), id, n);
+            }
+            (Err(e), _) => stream.fail(job, e),
+            (Ok(()), None) => stream.abort(
+                job,
+                Arc::from("inference failed: the model returned too few rows"),
+            ),
         }
     }
 }
@@ -135,33 +178,32 @@ type Pixels = Result<Tensor, cliptag_model::ModelError>;
 
 /// On the CPU: every frame's planes straight into its slot of the batch tensor, frames
 /// in parallel.
-fn preprocess_on_host(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepared>, Pixels) {
+fn preprocess_on_host(model: &ClipModel, batch: &mut Batch, s: usize) -> (Outcomes, Pixels) {
     let n = batch.len();
     let per_image = 3 * s * s;
     let mut pixels = vec![0f32; n * per_image];
-    // Frames are only Send: each is moved to the thread that preprocesses it and back.
-    let prepared: Vec<Prepared> = batch
-        .into_par_iter()
+    // Frames are only Send: each thread reads the frames it was handed by `&mut`.
+    let outcomes: Outcomes = batch
+        .par_iter_mut()
         .zip(pixels.par_chunks_mut(per_image))
-        .map(|(item, out)| {
-            let outcome = check_size(model, &item.1).and_then(|()| {
+        .map(|((_, job), out)| {
+            check_size(model, job).and_then(|()| {
                 model
                     .preprocessor
-                    .preprocess_into(&item.1.frame.pixels(), out)
+                    .preprocess_into(&job.frame.pixels(), out)
                     .map_err(|e| e.to_string())
-            });
-            (item, outcome)
+            })
         })
         .collect();
     let tensor = Tensor::from_vec(pixels, (n, 3, s, s), model.network.device());
-    (prepared, tensor.map_err(Into::into))
+    (outcomes, tensor.map_err(Into::into))
 }
 
 /// On a GPU: the frames' regions go to the device together (one upload per plane for
 /// frames of one format and size); resize, crop and normalization run there for the
 /// whole batch. If that fails, frame by frame, so that a frame that cannot be
 /// preprocessed costs only its own slot, which is left blank.
-fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepared>, Pixels) {
+fn preprocess_on_device(model: &ClipModel, batch: &mut Batch, s: usize) -> (Outcomes, Pixels) {
     let device = model.network.device();
     let mut outcomes: Vec<Result<(), String>> = batch
         .iter()
@@ -188,8 +230,7 @@ fn preprocess_on_device(model: &ClipModel, batch: Batch, s: usize) -> (Vec<Prepa
         let blank = Tensor::zeros((1, 3, s, s), DType::F32, device)?;
         Ok(Tensor::cat(&[t, blank], 0)?.index_select(&order, 0)?)
     });
-    let prepared = batch.into_iter().zip(outcomes).collect();
-    (prepared, tensor)
+    (outcomes, tensor)
 }
 
 /// The frames' pixel values one call each: a frame that fails gets a blank slot, and

@@ -682,31 +682,16 @@ fn invalid_label_sets_and_stale_versions_leave_the_running_set() {
 }
 
 #[test]
-fn engines_with_one_id_share_a_model_and_batch_their_streams_together() {
-    let config = EngineConfig {
-        max_batch: 8,
-        max_latency: Duration::from_millis(30),
-        ..EngineConfig::default()
-    };
-    let e1 = Engine::shared("engine-test-shared", config.clone()).expect("first");
-    let e2 = Engine::shared("engine-test-shared", config.clone()).expect("second");
-    assert!(Arc::ptr_eq(&e1, &e2));
-    let other = EngineConfig {
-        model: Some(PathBuf::from("/elsewhere")),
-        ..config
-    };
-    assert!(matches!(
-        Engine::shared("engine-test-shared", other),
-        Err(EngineError::EngineMismatch { .. })
-    ));
-    let s1 = e1
+fn streams_of_one_engine_batch_together() {
+    let e = engine(8, 30);
+    let s1 = e
         .attach("one", StreamConfig::default(), |_c: Completion| {})
         .expect("one");
-    let s2 = e2
+    let s2 = e
         .attach("two", StreamConfig::default(), |_c: Completion| {})
         .expect("two");
     assert!(matches!(
-        e1.attach("one", StreamConfig::default(), |_c: Completion| {}),
+        e.attach("one", StreamConfig::default(), |_c: Completion| {}),
         Err(EngineError::StreamExists(_))
     ));
     let t = std::thread::spawn(move || {
@@ -721,14 +706,14 @@ fn engines_with_one_id_share_a_model_and_batch_their_streams_together() {
     }
     assert!(s1.drain(WAIT));
     let stats2 = t.join().expect("two");
-    let mixed: u64 = e1.stats().batch_sizes.iter().skip(2).sum();
+    let mixed: u64 = e.stats().batch_sizes.iter().skip(2).sum();
     assert!(
         mixed > 0,
         "no batch held more than one frame: {:?}",
-        e1.stats()
+        e.stats()
     );
     assert_eq!(s1.stats().inferred + stats2.inferred, 24);
-    assert_eq!(e1.streams().len(), 1, "a dropped stream is detached");
+    assert_eq!(e.streams().len(), 1, "a dropped stream is detached");
 }
 
 #[test]
@@ -773,4 +758,162 @@ fn unordered_streams_never_wait_and_keep_the_newest_result() {
     let latest = stream.latest().expect("a result");
     assert_eq!(Some(latest.frame), got.iter().map(|r| r.frame).max());
     assert_eq!(live.load(Ordering::SeqCst), 0, "frames leaked");
+}
+
+/// A frame whose pixels cannot be read: preprocessing it panics, as a bug would.
+struct PoisonFrame;
+
+impl VideoFrame for PoisonFrame {
+    fn pixels(&self) -> FrameRef<'_> {
+        panic!("this frame is poisoned");
+    }
+}
+
+#[test]
+fn a_panic_in_the_worker_fails_its_batch_by_name_and_the_worker_goes_on() {
+    let engine = engine(4, 30);
+    engine
+        .set_labels("p", LabelSetSpec::from_names(&PATTERNS), None)
+        .expect("labels");
+    engine
+        .set_labels("q", LabelSetSpec::from_names(&PATTERNS), None)
+        .expect("labels");
+    // (frame number, error) of each frame handed back.
+    type Outcomes = Arc<Mutex<Vec<(u64, Option<String>)>>>;
+    let outcomes: Outcomes = Arc::default();
+    let log = outcomes.clone();
+    let stream = engine
+        .attach("p", StreamConfig::default(), move |c: Completion| {
+            let error = c.error.as_deref().map(String::from);
+            log.lock().expect("log").push((c.result.frame, error));
+        })
+        .expect("attach");
+    stream.submit(ball(), FrameTiming::default()).expect("0");
+    assert!(stream.drain(WAIT));
+    // Frame 1 panics inside preprocessing; the frames of its batch fail with it.
+    stream
+        .submit(PoisonFrame, FrameTiming::default())
+        .expect("1");
+    stream.submit(ball(), FrameTiming::default()).expect("2");
+    assert!(
+        stream.drain(WAIT),
+        "a frame of the failed batch never came back"
+    );
+    let got = outcomes.lock().expect("log").clone();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], (0, None));
+    let (frame, error) = &got[1];
+    assert_eq!(*frame, 1);
+    let error = error
+        .as_deref()
+        .expect("the poisoned frame carries an error");
+    assert!(
+        error.contains("panicked") && error.contains("this frame is poisoned"),
+        "{error}"
+    );
+    assert_eq!(
+        stream.stats().failed as usize,
+        got.iter().filter(|g| g.1.is_some()).count()
+    );
+    // The worker survived: later frames, and another stream, are inferred.
+    let (other_log, push) = collector();
+    let other = engine
+        .attach("q", StreamConfig::default(), push)
+        .expect("attach");
+    other.submit(bars(), FrameTiming::default()).expect("q");
+    stream.submit(bars(), FrameTiming::default()).expect("3");
+    assert!(other.drain(WAIT) && stream.drain(WAIT));
+    let r = results(&other_log);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].top().map(|l| &*l.label), Some("smpte color bars"));
+    let last = outcomes.lock().expect("log").last().cloned();
+    assert_eq!(last, Some((3, None)));
+}
+
+#[test]
+fn actions_run_in_order_with_the_frames_without_waiting_for_them() {
+    let engine = engine(4, 5);
+    engine
+        .set_labels("a", LabelSetSpec::from_names(&PATTERNS), None)
+        .expect("labels");
+    let order: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = order.clone();
+    let stream = engine
+        .attach("a", StreamConfig::default(), move |c: Completion| {
+            log.lock()
+                .expect("log")
+                .push(format!("frame {}", c.result.frame));
+        })
+        .expect("attach");
+    let live = Arc::new(AtomicUsize::new(0));
+    let note = |text: &'static str| {
+        let log = order.clone();
+        move || log.lock().expect("log").push(text.to_string())
+    };
+    // Nothing pending: the action runs at once, on this thread.
+    stream.after_frames(note("first")).expect("action");
+    assert_eq!(order.lock().expect("log").len(), 1);
+    let started = Instant::now();
+    for _ in 0..3 {
+        stream
+            .submit(SlowFrame::new(ball(), 30, &live), FrameTiming::default())
+            .expect("submit");
+        stream.after_frames(note("after a frame")).expect("action");
+    }
+    // Queued, not waited for: three slow frames take at least 90 ms to read.
+    assert!(
+        started.elapsed() < Duration::from_millis(80),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stream.drain(WAIT));
+    let got = order.lock().expect("log").clone();
+    assert_eq!(
+        got,
+        [
+            "first",
+            "frame 0",
+            "after a frame",
+            "frame 1",
+            "after a frame",
+            "frame 2",
+            "after a frame"
+        ]
+    );
+    // A flush drops actions that wait for frames, unrun.
+    stream
+        .submit(SlowFrame::new(ball(), 100, &live), FrameTiming::default())
+        .expect("submit");
+    stream.after_frames(note("dropped")).expect("action");
+    stream.flush();
+    assert!(stream.drain(WAIT));
+    assert!(!order.lock().expect("log").iter().any(|s| s == "dropped"));
+}
+
+#[test]
+fn flush_waits_for_a_result_already_in_the_callback() {
+    let engine = engine(1, 0);
+    engine
+        .set_labels("f", LabelSetSpec::from_names(&PATTERNS), None)
+        .expect("labels");
+    let entered = Arc::new(std::sync::Barrier::new(2));
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e, f) = (entered.clone(), finished.clone());
+    let stream = engine
+        .attach("f", StreamConfig::default(), move |_c: Completion| {
+            e.wait();
+            // The owner is still handling the frame when the flush starts.
+            std::thread::sleep(Duration::from_millis(200));
+            f.store(true, Ordering::SeqCst);
+        })
+        .expect("attach");
+    stream
+        .submit(ball(), FrameTiming::default())
+        .expect("submit");
+    entered.wait();
+    stream.flush();
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "flush returned while a result from before it was still being delivered"
+    );
 }

@@ -62,37 +62,56 @@ impl Default for LoadOptions {
     }
 }
 
-/// Parses a device name: `cpu`, `cuda` / `cuda:N`, or `auto` (the first CUDA device when
-/// this build has CUDA and one is present, the CPU otherwise).
-pub fn parse_device(name: &str) -> Result<Device> {
-    match name.trim() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => match Device::cuda_if_available(0) {
-            Ok(device) => prepared(device),
-            Err(_) => Ok(Device::Cpu),
-        },
+/// A device as a name asks for it, before it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceRequest {
+    Cpu,
+    Auto,
+    Cuda(usize),
+}
+
+fn device_request(name: &str) -> Result<DeviceRequest> {
+    let name = name.trim();
+    let not_a_device = || ModelError::Device(format!("{name:?} is not cpu, auto or cuda:N"));
+    match name {
+        "cpu" => Ok(DeviceRequest::Cpu),
+        "auto" => Ok(DeviceRequest::Auto),
         other => {
-            let ordinal = match other.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
+            let ordinal = match other.strip_prefix("cuda").ok_or_else(not_a_device)? {
+                "" => 0,
+                rest => rest
                     .strip_prefix(':')
                     .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        ModelError::Device(format!("{other:?} is not cpu, auto or cuda:N"))
-                    })?,
-                None => {
-                    return Err(ModelError::Device(format!(
-                        "{other:?} is not cpu, auto or cuda:N"
-                    )));
-                }
+                    .ok_or_else(not_a_device)?,
             };
             if !candle_core::utils::cuda_is_available() {
                 return Err(ModelError::Device(format!(
                     "{other}: this build has no CUDA support (build with --features cuda)"
                 )));
             }
+            Ok(DeviceRequest::Cuda(ordinal))
+        }
+    }
+}
+
+/// Checks a device name without opening the device: `cpu`, `auto`, or `cuda` / `cuda:N`
+/// in a build with CUDA.
+pub fn check_device_name(name: &str) -> Result<()> {
+    device_request(name).map(|_| ())
+}
+
+/// Parses a device name: `cpu`, `cuda` / `cuda:N`, or `auto` (the first CUDA device when
+/// this build has CUDA and one is present, the CPU otherwise).
+pub fn parse_device(name: &str) -> Result<Device> {
+    match device_request(name)? {
+        DeviceRequest::Cpu => Ok(Device::Cpu),
+        DeviceRequest::Auto => match Device::cuda_if_available(0) {
+            Ok(device) => prepared(device),
+            Err(_) => Ok(Device::Cpu),
+        },
+        DeviceRequest::Cuda(ordinal) => {
             let device = Device::new_cuda(ordinal)
-                .map_err(|e| ModelError::Device(format!("{other}: {e}")))?;
+                .map_err(|e| ModelError::Device(format!("{}: {e}", name.trim())))?;
             prepared(device)
         }
     }

@@ -1,14 +1,22 @@
-//! The engines of this process that the service serves.
+//! What the process shares: the one place for process-wide state.
 //!
-//! Every `cliptag` element registers its engine here when it starts and unregisters it
-//! when it stops, so every server of the process sees every stream, whichever element
-//! started the server. The hub also turns "an engine published a result" into a tokio
-//! wake-up for the detection subscribers, without ever waiting on them.
+//! - **Served engines.** Every `cliptag` element registers its engine here when it starts
+//!   and unregisters it when it stops, so every server of the process sees every stream,
+//!   whichever element started the server. The hub also turns "an engine published a
+//!   result" into a tokio wake-up for the detection subscribers, without ever waiting on
+//!   them.
+//! - **Engines by id** ([`Hub::shared_engine`]): elements naming one `engine-id` share
+//!   one model and one worker.
+//! - **Servers by address** ([`Server::shared`](crate::Server::shared)): elements and
+//!   programs naming one address share one gRPC server.
 
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 
-use cliptag_engine::{Engine, StreamInfo};
+use cliptag_engine::{Engine, EngineConfig, EngineError, StreamInfo};
 use tokio::sync::watch;
+
+use crate::server::Server;
 
 struct Entry {
     engine: Arc<Engine>,
@@ -17,9 +25,16 @@ struct Entry {
     listener: u64,
 }
 
-/// The process-wide registry of engines served over gRPC.
+/// One engine id's place: held while its engine loads, so that callers asking for the
+/// same id wait for that load while callers of other ids do not.
+type EngineSlot = Arc<Mutex<Weak<Engine>>>;
+
+/// The process-wide registry: engines served over gRPC, engines shared by id, servers
+/// shared by address.
 pub struct Hub {
     entries: Mutex<Vec<Entry>>,
+    named: Mutex<HashMap<String, EngineSlot>>,
+    servers: Mutex<HashMap<String, Weak<Server>>>,
     /// Bumped on every result of every engine and on every registration change.
     activity: watch::Sender<u64>,
     /// Bumped when the set of engines changes.
@@ -36,6 +51,8 @@ fn bump(tx: &watch::Sender<u64>) {
 
 static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
     entries: Mutex::new(Vec::new()),
+    named: Mutex::new(HashMap::new()),
+    servers: Mutex::new(HashMap::new()),
     activity: watch::channel(0).0,
     membership: watch::channel(0).0,
 });
@@ -134,6 +151,55 @@ impl Hub {
             let info = engine.streams().into_iter().find(|s| s.id == id)?;
             Some((engine, info))
         })
+    }
+
+    /// The engine shared under `id` in this process, started with `config` if there is
+    /// none yet. Engines with the same id share one model and one worker; asking for an
+    /// id that runs another model is an error. Loading holds only this id's place: a
+    /// caller asking for another id does not wait behind a load of seconds.
+    pub fn shared_engine(
+        &self,
+        id: &str,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let slot = {
+            let mut named = lock(&self.named);
+            // Forget ids whose engine is gone and that nobody is loading.
+            named.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().map_or(true, |weak| weak.strong_count() > 0)
+            });
+            named.entry(id.to_string()).or_default().clone()
+        };
+        let mut engine = lock(&slot);
+        if let Some(running) = engine.upgrade() {
+            let existing = running.config();
+            if (&existing.model, &existing.device, &existing.dtype)
+                != (&config.model, &config.device, &config.dtype)
+            {
+                return Err(EngineError::EngineMismatch {
+                    id: id.to_string(),
+                    existing: existing.model_description(),
+                    requested: config.model_description(),
+                });
+            }
+            return Ok(running);
+        }
+        let started = Engine::new(config)?;
+        *engine = Arc::downgrade(&started);
+        Ok(started)
+    }
+
+    /// The engine shared under `id`, if one is running.
+    pub fn named_engine(&self, id: &str) -> Option<Arc<Engine>> {
+        let slot = lock(&self.named).get(id).cloned()?;
+        // A load under way: not running yet.
+        slot.try_lock().ok()?.upgrade()
+    }
+
+    /// The servers of this process, by address.
+    pub(crate) fn servers(&self) -> MutexGuard<'_, HashMap<String, Weak<Server>>> {
+        lock(&self.servers)
     }
 
     /// Changes on every result and every registration: for waking subscribers.

@@ -1,10 +1,9 @@
 //! Serving: one gRPC server per process and address, on its own small tokio runtime, so
 //! that no GStreamer thread ever runs async code.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -116,9 +115,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-static SERVERS: LazyLock<Mutex<HashMap<String, Weak<Server>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
 impl Server {
     /// Starts a server that this caller alone owns.
     pub fn start(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
@@ -170,7 +166,7 @@ impl Server {
     pub fn shared(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
         // "50051" and "127.0.0.1:50051" are the same server.
         let key = parse_address(&config.address)?.to_string();
-        let mut servers = lock(&SERVERS);
+        let mut servers = crate::hub().servers();
         servers.retain(|_, s| s.strong_count() > 0);
         if let Some(server) = servers.get(&key).and_then(Weak::upgrade) {
             if (&server.config.token, &server.config.tls) != (&config.token, &config.tls) {

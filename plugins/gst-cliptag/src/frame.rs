@@ -7,7 +7,7 @@ use cliptag_engine::cliptag_model::{FrameRef, PixelFormat};
 use gst_video::prelude::*;
 
 /// The formats the element accepts, with their engine counterparts.
-pub const FORMATS: [(gst_video::VideoFormat, PixelFormat); 10] = [
+pub const FORMATS: [(gst_video::VideoFormat, PixelFormat); 11] = [
     (gst_video::VideoFormat::Rgb, PixelFormat::Rgb),
     (gst_video::VideoFormat::Bgr, PixelFormat::Bgr),
     (gst_video::VideoFormat::Rgba, PixelFormat::Rgba),
@@ -18,6 +18,7 @@ pub const FORMATS: [(gst_video::VideoFormat, PixelFormat); 10] = [
     (gst_video::VideoFormat::Xbgr, PixelFormat::Xbgr),
     (gst_video::VideoFormat::I420, PixelFormat::I420),
     (gst_video::VideoFormat::Nv12, PixelFormat::Nv12),
+    (gst_video::VideoFormat::Gray8, PixelFormat::Gray8),
 ];
 
 /// The engine's pixel format for a GStreamer video format, if the element takes it.

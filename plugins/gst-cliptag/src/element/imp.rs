@@ -1,26 +1,42 @@
 //! The element's implementation.
 //!
+//! ```text
+//! gst-launch-1.0 filesrc location=clip.webm ! decodebin ! videoconvert \
+//!     ! cliptag labels="a dog,a cat" ! videoconvert ! autovideosink
+//! ```
+//!
 //! Sync mode: the sink pad maps each buffer (no copy) and submits it to the engine; the
 //! engine hands frames back in order with their results on its worker thread, where the
 //! meta is attached and the buffer queued for the source pad's task, which pushes
-//! downstream. Serialized events wait for the frames before them (`Stream::drain`) and
-//! travel through the same queue, so order is kept. The streaming thread never runs the
-//! model; it only waits when the stream's pending window is full.
+//! downstream. Serialized events ride in order with the frames (`Stream::after_frames`)
+//! through the same queue, so they neither overtake frames nor wait for them on the
+//! streaming thread. What the element holds is bounded (`max-in-flight`, see
+//! [`super::outbound`]): the sink pad waits for room, so a source faster than the sink
+//! is held back. A flush starts a new generation: nothing from before it is pushed after
+//! the FlushStop. The streaming thread never runs the model.
 //!
 //! Async mode: the sink pad attaches the newest result available and pushes the buffer
 //! at once; a reference to it goes to the engine only when there is room.
+//!
+//! A batch that fails as a whole (the inference worker panicked, the forward pass
+//! failed) posts an ERROR naming the cause and makes the chain function return an error,
+//! so the pipeline ends instead of waiting for results that will never come.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use cliptag_engine::{Completion, Engine, FrameResult, FrameTiming, Stream};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use cliptag_engine::cliptag_model::FrameRef;
+use cliptag_engine::{Completion, Engine, FrameResult, FrameTiming, Stream, VideoFrame};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::settings::{Mode, PROPERTIES, Settings, split_labels};
+use super::outbound::{Item, Next, Outbound};
+use super::settings::{
+    self, Mode, Overload, PROPERTIES, Scoring, Settings, check_device, check_dtype, optional_text,
+    split_labels,
+};
 use crate::frame::{self, MappedFrame};
 use crate::meta;
 
@@ -32,18 +48,24 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-/// What the source pad's task pushes, in order.
-enum Item {
-    Buffer(gst::Buffer),
-    Event(gst::Event),
-}
-
 /// Negotiated input.
 #[derive(Clone)]
 struct Input {
     info: gst_video::VideoInfo,
     format: cliptag_engine::cliptag_model::PixelFormat,
     colorimetry: cliptag_engine::cliptag_model::preprocess::Colorimetry,
+}
+
+/// A mapped buffer on its way through the engine, with the generation it was taken in.
+struct InFlight {
+    frame: MappedFrame,
+    generation: u64,
+}
+
+impl VideoFrame for InFlight {
+    fn pixels(&self) -> FrameRef<'_> {
+        self.frame.pixels()
+    }
 }
 
 /// What exists between READY and NULL, and between PAUSED and READY.
@@ -58,7 +80,8 @@ struct State {
     stream: Option<Arc<Stream>>,
     input: Option<Input>,
     segment: Option<gst::FormattedSegment<gst::ClockTime>>,
-    out: Option<(Sender<Item>, Receiver<Item>)>,
+    /// Sync mode: the queue to the source pad's task.
+    out: Option<Arc<Outbound>>,
     /// Keeps the engine visible to the process's gRPC servers.
     registration: Option<cliptag_service::Registration>,
     /// The server `grpc-address` names.
@@ -70,9 +93,9 @@ pub struct Cliptag {
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
     state: Mutex<State>,
-    /// The last flow return of the source pad's pushes, returned upstream.
-    flow: Mutex<Result<gst::FlowSuccess, gst::FlowError>>,
     flushing: AtomicBool,
+    /// Inference failed and the error was posted: frames are refused until a flush.
+    failed: AtomicBool,
     /// Frames seen since the stream started (async mode numbers frames itself).
     frames: AtomicU64,
 }
@@ -81,17 +104,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How long EOS and serialized events wait for the frames before them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a serialized query waits for the frames before it.
+const QUERY_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the source pad's task waits for an item before it looks again.
+const TASK_WAIT: Duration = Duration::from_millis(100);
 
 impl Cliptag {
     fn stream_id(&self) -> String {
-        let id = lock(&self.settings).stream_id.clone();
-        if id.is_empty() {
-            self.obj().name().to_string()
-        } else {
-            id
-        }
+        lock(&self.settings)
+            .stream_id
+            .clone()
+            .unwrap_or_else(|| self.obj().name().to_string())
     }
 
     // ------------------------------------------------------------------ lifecycle
@@ -102,10 +126,9 @@ impl Cliptag {
         let config = settings
             .engine_config()
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
-        let engine = if settings.engine_id.is_empty() {
-            Engine::new(config)
-        } else {
-            Engine::shared(&settings.engine_id, config)
+        let engine = match &settings.engine_id {
+            None => Engine::new(config),
+            Some(id) => cliptag_service::hub().shared_engine(id, config),
         }
         .map_err(|e| {
             gst::error_msg!(gst::ResourceError::OpenRead, ["cannot load the model: {e}"])
@@ -134,10 +157,11 @@ impl Cliptag {
             .server_config()
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?
             .map(|config| {
+                let address = config.address.clone();
                 let server = cliptag_service::Server::shared(config).map_err(|e| {
                     gst::error_msg!(
                         gst::ResourceError::OpenReadWrite,
-                        ["cannot serve gRPC on {}: {e}", settings.grpc_address]
+                        ["cannot serve gRPC on {address}: {e}"]
                     )
                 })?;
                 gst::info!(CAT, imp = self, "gRPC on {}", server.local_addr());
@@ -162,26 +186,35 @@ impl Cliptag {
             .engine
             .clone()
             .ok_or_else(|| gst::error_msg!(gst::CoreError::StateChange, ["no engine"]))?;
-        let (tx, rx) = crossbeam_channel::unbounded::<Item>();
         let config = settings.stream_config(&state.label_set);
         let element = self.obj().downgrade();
-        let sender = tx.clone();
         let model = state.model_name.clone();
-        let stream = engine
-            .attach(&self.stream_id(), config, move |done: Completion| {
-                if let Some(element) = element.upgrade() {
-                    element.imp().deliver(done, &sender, &model);
+        let out = Arc::new(Outbound::new());
+        let stream = match settings.mode {
+            Mode::Sync => {
+                let out = out.clone();
+                engine.attach(&self.stream_id(), config, move |done: Completion| {
+                    if let Some(element) = element.upgrade() {
+                        element.imp().deliver(done, &out, &model);
+                    }
+                })
+            }
+            // Async frames went downstream when they arrived: only a failure matters.
+            Mode::Async => engine.attach(&self.stream_id(), config, move |done: Completion| {
+                if let (Some(element), Some(cause)) = (element.upgrade(), &done.error) {
+                    element.imp().fail_inference(cause, None);
                 }
-            })
-            .map_err(|e| gst::error_msg!(gst::CoreError::StateChange, ["{e}"]))?;
+            }),
+        }
+        .map_err(|e| gst::error_msg!(gst::CoreError::StateChange, ["{e}"]))?;
         state.stream = Some(Arc::new(stream));
-        state.out = Some((tx, rx.clone()));
+        state.out = (settings.mode == Mode::Sync).then_some(out);
         drop(state);
         self.flushing.store(false, Ordering::SeqCst);
+        self.failed.store(false, Ordering::SeqCst);
         self.frames.store(0, Ordering::SeqCst);
-        *lock(&self.flow) = Ok(gst::FlowSuccess::Ok);
         if settings.mode == Mode::Sync {
-            self.start_task(rx)
+            self.ensure_task()
                 .map_err(|e| gst::error_msg!(gst::CoreError::StateChange, ["{e}"]))?;
         }
         Ok(())
@@ -190,13 +223,21 @@ impl Cliptag {
     /// PAUSED -> READY: stop the task and detach (pending frames are dropped).
     fn detach(&self) {
         self.flushing.store(true, Ordering::SeqCst);
-        let stream = lock(&self.state).stream.take();
+        let (stream, out) = {
+            let state = lock(&self.state);
+            (state.stream.clone(), state.out.clone())
+        };
+        if let Some(out) = &out {
+            out.flush_start();
+        }
         if let Some(stream) = &stream {
             stream.flush();
         }
         let _ = self.srcpad.stop_task();
-        drop(stream);
         let mut state = lock(&self.state);
+        // The stream detaches when its last handle goes, here or in a chain call that
+        // is returning.
+        state.stream = None;
         state.out = None;
         state.input = None;
         state.segment = None;
@@ -218,31 +259,84 @@ impl Cliptag {
         drop(engine);
     }
 
-    fn start_task(&self, rx: Receiver<Item>) -> Result<(), glib::BoolError> {
+    /// Starts the source pad's task, or resumes it where it is paused (after a flush or
+    /// an EOS).
+    fn ensure_task(&self) -> Result<(), glib::BoolError> {
+        // gst_pad_start_task on a pad that has a task ignores the new function and
+        // never frees it: the task made at attach is resumed instead, as
+        // gst_pad_start_task itself would.
+        // SAFETY: the pad's task pointer is read under the pad's object lock, as
+        // gst_pad_start_task reads it; the pad keeps its reference to the task, which is
+        // only set to started.
+        let resumed = unsafe {
+            let _guard = self.srcpad.object_lock();
+            let task = (*self.srcpad.as_ptr()).task;
+            !task.is_null()
+                && gst::ffi::gst_task_set_state(task, gst::ffi::GST_TASK_STARTED)
+                    != glib::ffi::GFALSE
+        };
+        if resumed {
+            return Ok(());
+        }
         let element = self.obj().downgrade();
         self.srcpad.start_task(move || {
             let Some(element) = element.upgrade() else {
                 return;
             };
-            element.imp().push_next(&rx);
+            element.imp().push_next();
         })
+    }
+
+    /// Restarts the task from whichever thread queued an item after it parked.
+    fn resume_task(&self) {
+        if let Err(e) = self.ensure_task() {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Failed,
+                ["cannot restart the source pad's task: {e}"]
+            );
+        }
     }
 
     // ------------------------------------------------------------------ results
 
-    /// On the engine's worker: attach the result and queue the buffer for the task.
-    fn deliver(&self, done: Completion, out: &Sender<Item>, model: &str) {
+    /// Sync mode, on the thread that delivers results (usually the engine's worker):
+    /// attach the result and queue the buffer for the task.
+    fn deliver(&self, done: Completion, out: &Outbound, model: &str) {
         let result = done.result.clone();
-        let Some(frame) = done.into_frame::<MappedFrame>() else {
+        let error = done.error.clone();
+        let Some(frame) = done.into_frame::<InFlight>() else {
             return;
         };
-        if self.flushing.load(Ordering::SeqCst) {
+        let generation = frame.generation;
+        if let Some(cause) = error {
+            out.release_frame(generation);
+            self.fail_inference(&cause, Some(out));
             return;
         }
-        let mut buffer = frame.into_buffer();
+        if !out.is_current(generation) {
+            return;
+        }
+        let mut buffer = frame.frame.into_buffer();
         meta::attach(buffer.make_mut(), &result, model);
         self.post(&result, model);
-        let _ = out.send(Item::Buffer(buffer));
+        out.send(generation, Item::Buffer(buffer), || self.resume_task());
+    }
+
+    /// Inference failed as a whole: one ERROR on the bus naming the cause, and every
+    /// later frame refused with an error, so the pipeline stops.
+    fn fail_inference(&self, cause: &str, out: Option<&Outbound>) {
+        if let Some(out) = out {
+            out.set_flow(Err(gst::FlowError::Error));
+        }
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            let stream = self.stream_id();
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Failed,
+                ["inference stopped on stream {stream}: {cause}"]
+            );
+        }
     }
 
     fn post(&self, result: &FrameResult, model: &str) {
@@ -261,19 +355,19 @@ impl Cliptag {
     }
 
     /// The source pad's task: push the next buffer or event downstream.
-    fn push_next(&self, rx: &Receiver<Item>) {
-        let item = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => return,
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = self.srcpad.pause_task();
-                return;
-            }
+    fn push_next(&self) {
+        let Some(out) = lock(&self.state).out.clone() else {
+            let _ = self.srcpad.pause_task();
+            return;
         };
-        match item {
-            Item::Buffer(buffer) => {
+        match out.next(TASK_WAIT) {
+            Next::Idle => {}
+            Next::Closed => {
+                let _ = self.srcpad.pause_task();
+            }
+            Next::Item(Item::Buffer(buffer)) => {
                 let res = self.srcpad.push(buffer);
-                *lock(&self.flow) = res;
+                out.set_flow(res);
                 if let Err(err) = res {
                     gst::debug!(CAT, imp = self, "pausing after push: {err:?}");
                     if matches!(err, gst::FlowError::NotNegotiated | gst::FlowError::Error) {
@@ -286,11 +380,17 @@ impl Cliptag {
                     let _ = self.srcpad.pause_task();
                 }
             }
-            Item::Event(event) => {
+            Next::Item(Item::Event(event)) => {
                 let eos = matches!(event.view(), gst::EventView::Eos(_));
-                self.srcpad.push_event(event);
+                if !self.srcpad.push_event(event) {
+                    gst::debug!(CAT, imp = self, "downstream refused an event");
+                }
                 if eos {
-                    let _ = self.srcpad.pause_task();
+                    // Nothing follows an EOS until a flush or a new stream, which
+                    // restarts the task.
+                    out.park_if_idle(|| {
+                        let _ = self.srcpad.pause_task();
+                    });
                 }
             }
         }
@@ -302,12 +402,14 @@ impl Cliptag {
         if self.flushing.load(Ordering::SeqCst) {
             return Err(gst::FlowError::Flushing);
         }
-        let flow = *lock(&self.flow);
-        flow?;
-        let (stream, input, segment, model) = {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(gst::FlowError::Error);
+        }
+        let (stream, out, input, segment, model) = {
             let state = lock(&self.state);
             (
                 state.stream.clone(),
+                state.out.clone(),
                 state.input.clone(),
                 state.segment.clone(),
                 state.model_name.clone(),
@@ -331,35 +433,66 @@ impl Cliptag {
                 .and_then(|(s, t)| s.to_running_time(t))
                 .map(|t| t.nseconds()),
         };
-        let mode = lock(&self.settings).mode;
-        match mode {
-            Mode::Sync => {
-                let frame = self.map(buffer, &input)?;
-                stream.submit(frame, timing).map_err(|e| {
-                    gst::debug!(CAT, imp = self, "submit: {e}");
-                    gst::FlowError::Flushing
-                })?;
-                *lock(&self.flow)
-            }
-            Mode::Async => {
-                let frame_no = self.frames.fetch_add(1, Ordering::SeqCst);
-                let mut buffer = buffer;
-                if let Some(latest) = stream.latest() {
-                    let mut result = (*latest).clone();
-                    result.stale = latest.computed_for != Some(frame_no);
-                    result.frame = frame_no;
-                    result.timing = timing;
-                    result.events.clear();
-                    meta::attach(buffer.make_mut(), &result, &model);
-                    self.post(&result, &model);
-                }
-                // The engine reads a second reference; the meta is already on the buffer.
-                if let Ok(frame) = self.map(buffer.clone(), &input) {
-                    let _ = stream.submit(frame, timing);
-                }
-                self.srcpad.push(buffer)
-            }
+        match out {
+            Some(out) => self.chain_sync(&stream, &out, buffer, &input, timing),
+            None => self.chain_async(&stream, buffer, &input, timing, &model),
         }
+    }
+
+    fn chain_sync(
+        &self,
+        stream: &Stream,
+        out: &Outbound,
+        buffer: gst::Buffer,
+        input: &Input,
+        timing: FrameTiming,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let bound = lock(&self.settings).in_flight_bound();
+        let generation = out.reserve_frame(bound)?;
+        let frame = match self.map(buffer, input) {
+            Ok(frame) => frame,
+            Err(e) => {
+                out.release_frame(generation);
+                return Err(e);
+            }
+        };
+        if let Err(e) = stream.submit(InFlight { frame, generation }, timing) {
+            gst::debug!(CAT, imp = self, "submit: {e}");
+            out.release_frame(generation);
+            return Err(gst::FlowError::Flushing);
+        }
+        out.flow()
+    }
+
+    fn chain_async(
+        &self,
+        stream: &Stream,
+        mut buffer: gst::Buffer,
+        input: &Input,
+        timing: FrameTiming,
+        model: &str,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let frame_no = self.frames.fetch_add(1, Ordering::SeqCst);
+        if let Some(latest) = stream.latest() {
+            let mut result = (*latest).clone();
+            result.stale = latest.computed_for != Some(frame_no);
+            result.frame = frame_no;
+            result.timing = timing;
+            result.events.clear();
+            meta::attach(buffer.make_mut(), &result, model);
+            self.post(&result, model);
+        }
+        // The engine reads a second reference; the meta is already on the buffer. A
+        // buffer that cannot be read as the caps say ends here, with the error posted.
+        let frame = self.map(buffer.clone(), input)?;
+        let _ = stream.submit(
+            InFlight {
+                frame,
+                generation: 0,
+            },
+            timing,
+        );
+        self.srcpad.push(buffer)
     }
 
     fn map(&self, buffer: gst::Buffer, input: &Input) -> Result<MappedFrame, gst::FlowError> {
@@ -388,36 +521,40 @@ impl Cliptag {
         match event.view() {
             gst::EventView::FlushStart(_) => {
                 self.flushing.store(true, Ordering::SeqCst);
-                let stream = lock(&self.state).stream.clone();
+                let (stream, out) = {
+                    let state = lock(&self.state);
+                    (state.stream.clone(), state.out.clone())
+                };
+                // A new generation first: a result being delivered right now is dropped
+                // when it reaches the queue; the engine's flush then waits for it.
+                if let Some(out) = &out {
+                    out.flush_start();
+                }
                 if let Some(stream) = stream {
                     stream.flush();
                 }
                 let ok = self.srcpad.push_event(event);
                 let _ = self.srcpad.pause_task();
-                // Buffers queued before the flush are dropped with the task paused.
-                if let Some((_, rx)) = &lock(&self.state).out {
-                    while rx.try_recv().is_ok() {}
-                }
                 ok
             }
             gst::EventView::FlushStop(_) => {
-                // A frame that was waiting for room when the flush started may have gone
-                // in since: it belongs before the flush.
-                let stream = lock(&self.state).stream.clone();
+                let (stream, out) = {
+                    let state = lock(&self.state);
+                    (state.stream.clone(), state.out.clone())
+                };
+                // A frame that was waiting for room in the engine when the flush started
+                // may have gone in since: it belongs before the flush.
                 if let Some(stream) = stream {
                     stream.flush();
                 }
-                if let Some((_, rx)) = &lock(&self.state).out {
-                    while rx.try_recv().is_ok() {}
+                if let Some(out) = &out {
+                    out.flush_stop();
                 }
                 let ok = self.srcpad.push_event(event);
-                // One lock at a time: state and settings are never held together.
-                let mode = lock(&self.settings).mode;
-                let rx = lock(&self.state).out.as_ref().map(|(_, rx)| rx.clone());
+                self.failed.store(false, Ordering::SeqCst);
                 self.flushing.store(false, Ordering::SeqCst);
-                *lock(&self.flow) = Ok(gst::FlowSuccess::Ok);
-                if let (Some(rx), Mode::Sync) = (rx, mode)
-                    && let Err(e) = self.start_task(rx)
+                if out.is_some()
+                    && let Err(e) = self.ensure_task()
                 {
                     gst::element_imp_error!(
                         self,
@@ -449,8 +586,8 @@ impl Cliptag {
                     );
                     return false;
                 };
-                // Frames of the old caps go out first.
-                self.wait_for_frames();
+                // Frames already mapped keep their own layout: the new caps apply to
+                // the frames after this event, and the event follows the frames before it.
                 lock(&self.state).input = Some(Input {
                     colorimetry: frame::colorimetry(&info),
                     info,
@@ -459,53 +596,68 @@ impl Cliptag {
                 self.forward_serialized(pad, event)
             }
             gst::EventView::Segment(s) => {
-                self.wait_for_frames();
                 lock(&self.state).segment = s.segment().downcast_ref::<gst::ClockTime>().cloned();
                 self.forward_serialized(pad, event)
             }
-            gst::EventView::Eos(_) => {
-                self.wait_for_frames();
-                self.forward_serialized(pad, event)
-            }
-            _ if event.is_serialized() => {
-                self.wait_for_frames();
-                self.forward_serialized(pad, event)
-            }
+            _ if event.is_serialized() => self.forward_serialized(pad, event),
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
     }
 
-    /// Sync mode: every frame submitted so far has gone to the source pad's queue.
-    fn wait_for_frames(&self) {
-        if lock(&self.settings).mode != Mode::Sync {
-            return;
-        }
-        let stream = lock(&self.state).stream.clone();
-        if let Some(stream) = stream
-            && !stream.drain(DRAIN_TIMEOUT)
-        {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "frames still in flight after {DRAIN_TIMEOUT:?}"
-            );
-        }
-    }
-
-    /// Sync mode: the event follows the frames before it through the task's queue.
+    /// Sync mode: the event follows the frames before it through the task's queue,
+    /// without waiting for them here.
     fn forward_serialized(&self, pad: &gst::Pad, event: gst::Event) -> bool {
-        let mode = lock(&self.settings).mode;
-        let sender = match mode {
-            Mode::Sync => lock(&self.state).out.as_ref().map(|(tx, _)| tx.clone()),
-            Mode::Async => None,
+        let (stream, out) = {
+            let state = lock(&self.state);
+            (state.stream.clone(), state.out.clone())
         };
-        match sender {
-            Some(tx) => tx.send(Item::Event(event)).is_ok(),
-            None => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        let (Some(stream), Some(out)) = (stream, out) else {
+            return gst::Pad::event_default(pad, Some(&*self.obj()), event);
+        };
+        let bound = lock(&self.settings).in_flight_bound();
+        let generation = match out.reserve_event(bound) {
+            Ok(generation) => generation,
+            Err(flow) => {
+                gst::debug!(CAT, imp = self, "{} refused: {flow:?}", event.type_());
+                return false;
+            }
+        };
+        let element = self.obj().downgrade();
+        let queue = out.clone();
+        let forward = move || {
+            if let Some(element) = element.upgrade() {
+                queue.send(generation, Item::Event(event), || {
+                    element.imp().resume_task()
+                });
+            }
+        };
+        if stream.after_frames(forward).is_err() {
+            out.release_event(generation);
+            return false;
         }
+        true
     }
 
     // ------------------------------------------------------------------ queries
+
+    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        // A serialized query (DRAIN, ALLOCATION) must find every frame before it out,
+        // as it would with no element in between.
+        if query.is_serialized() {
+            let out = lock(&self.state).out.clone();
+            if let Some(out) = out
+                && !out.wait_until_empty(QUERY_DRAIN_TIMEOUT)
+            {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{} before the frames went out",
+                    query.type_()
+                );
+            }
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
@@ -606,6 +758,10 @@ impl Cliptag {
                 .field("failed", s.failed)
                 .field("queue-depth", s.queue_depth as u64)
                 .field("pending", s.pending as u64)
+                .field(
+                    "in-flight",
+                    state.out.as_ref().map_or(0, |o| o.frames() as u64),
+                )
                 .field("latency-p50", s.latency_p50.as_nanos() as u64)
                 .field("latency-p99", s.latency_p99.as_nanos() as u64)
                 .field(
@@ -652,6 +808,13 @@ impl ObjectSubclass for Cliptag {
                     |imp| imp.sink_event(pad, event),
                 )
             })
+            .query_function(|pad, parent, query| {
+                Cliptag::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_query(pad, query),
+                )
+            })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
             .build();
         let src_templ = klass
@@ -668,8 +831,8 @@ impl ObjectSubclass for Cliptag {
             srcpad,
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(State::default()),
-            flow: Mutex::new(Ok(gst::FlowSuccess::Ok)),
             flushing: AtomicBool::new(true),
+            failed: AtomicBool::new(false),
             frames: AtomicU64::new(0),
         }
     }
@@ -682,100 +845,87 @@ impl ObjectImpl for Cliptag {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
+        let state = self.obj().current_state();
+        if state > settings::mutable_until(pspec) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{name} cannot change in {state:?} (only up to {:?}): kept as it was",
+                settings::mutable_until(pspec)
+            );
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ["property {name} cannot change in {state:?}; kept as it was"]
+            );
+            return;
+        }
         {
             let mut s = lock(&self.settings);
+            // GObject checks each value's type against the ParamSpec before this is
+            // called: the `expect`s below cannot fire.
             match name {
-                "model" => {
-                    s.model = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
+                "model" => s.model = optional_text(value).map(Into::into),
+                "device" | "dtype" => {
+                    let text = optional_text(value).unwrap_or_else(|| {
+                        if name == "device" {
+                            settings::DEFAULT_DEVICE.into()
+                        } else {
+                            settings::DEFAULT_DTYPE.into()
+                        }
+                    });
+                    let checked = if name == "device" {
+                        check_device(&text)
+                    } else {
+                        check_dtype(&text)
+                    };
+                    match checked {
+                        Ok(()) if name == "device" => s.device = text,
+                        Ok(()) => s.dtype = text,
+                        Err(e) => {
+                            drop(s);
+                            gst::warning!(CAT, imp = self, "{name} not changed: {e}");
+                            gst::element_imp_warning!(
+                                self,
+                                gst::LibraryError::Settings,
+                                ["{name} not changed: {e}"]
+                            );
+                            return;
+                        }
+                    }
                 }
-                "device" => {
-                    s.device = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_else(|| "cpu".into())
-                }
-                "dtype" => {
-                    s.dtype = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_else(|| "auto".into())
-                }
-                "labels" => {
-                    s.labels = split_labels(
-                        &value
-                            .get::<Option<String>>()
-                            .ok()
-                            .flatten()
-                            .unwrap_or_default(),
-                    )
-                }
+                "labels" => s.labels = split_labels(&optional_text(value).unwrap_or_default()),
                 "label-list" => {
-                    if let Ok(array) = value.get::<gst::Array>() {
-                        s.labels = array
-                            .iter()
-                            .filter_map(|v| v.get::<String>().ok())
-                            .map(|l| l.trim().to_string())
-                            .filter(|l| !l.is_empty())
-                            .collect();
-                    }
+                    let array = value.get::<gst::Array>().expect("type checked upstream");
+                    s.labels = array
+                        .iter()
+                        .filter_map(|v| v.get::<String>().ok())
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect();
                 }
-                "labels-file" => {
-                    s.labels_file = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                }
+                "labels-file" => s.labels_file = optional_text(value).map(Into::into),
                 "prompt-template" => {
-                    s.prompt_template = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_else(|| "{}".into())
+                    s.prompt_template = optional_text(value)
+                        .unwrap_or_else(|| settings::DEFAULT_PROMPT_TEMPLATE.into())
                 }
-                "interval" => s.interval = value.get().unwrap_or(1),
-                "top-k" => s.top_k = value.get().unwrap_or(5),
-                "threshold" => s.threshold = value.get().unwrap_or(0.5),
-                "scoring" => s.scoring = value.get().unwrap_or(super::settings::Scoring::Softmax),
-                "smoothing" => s.smoothing = value.get().unwrap_or(0.0),
-                "max-batch" => s.max_batch = value.get().unwrap_or(8),
-                "max-latency" => s.max_latency_ms = value.get().unwrap_or(20),
-                "mode" => s.mode = value.get().unwrap_or(Mode::Sync),
-                "overload" => s.overload = value.get().unwrap_or(super::settings::Overload::Block),
-                "stream-id" => {
-                    s.stream_id = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                }
-                "engine-id" => {
-                    s.engine_id = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                }
-                "post-messages" => s.post_messages = value.get().unwrap_or(false),
-                "grpc-address" | "grpc-token" | "grpc-tls-cert" | "grpc-tls-key" => {
-                    let text = value
-                        .get::<Option<String>>()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    match name {
-                        "grpc-address" => s.grpc_address = text,
-                        "grpc-token" => s.grpc_token = text,
-                        "grpc-tls-cert" => s.grpc_tls_cert = text,
-                        _ => s.grpc_tls_key = text,
-                    }
-                }
+                "interval" => s.interval = value.get().expect("type checked upstream"),
+                "top-k" => s.top_k = value.get().expect("type checked upstream"),
+                "threshold" => s.threshold = value.get().expect("type checked upstream"),
+                "scoring" => s.scoring = value.get::<Scoring>().expect("type checked upstream"),
+                "smoothing" => s.smoothing = value.get().expect("type checked upstream"),
+                "max-batch" => s.max_batch = value.get().expect("type checked upstream"),
+                "max-latency" => s.max_latency_ms = value.get().expect("type checked upstream"),
+                "max-in-flight" => s.max_in_flight = value.get().expect("type checked upstream"),
+                "mode" => s.mode = value.get::<Mode>().expect("type checked upstream"),
+                "overload" => s.overload = value.get::<Overload>().expect("type checked upstream"),
+                "stream-id" => s.stream_id = optional_text(value),
+                "engine-id" => s.engine_id = optional_text(value),
+                "post-messages" => s.post_messages = value.get().expect("type checked upstream"),
+                "grpc-address" => s.grpc_address = optional_text(value),
+                "grpc-token" => s.grpc_token = optional_text(value),
+                "grpc-tls-cert" => s.grpc_tls_cert = optional_text(value).map(Into::into),
+                "grpc-tls-key" => s.grpc_tls_key = optional_text(value).map(Into::into),
                 other => gst::warning!(CAT, imp = self, "unknown property {other}"),
             }
         }
@@ -783,6 +933,12 @@ impl ObjectImpl for Cliptag {
             "labels" | "label-list" | "labels-file" | "prompt-template" | "top-k" | "threshold"
             | "scoring" => self.relabel(name),
             "interval" | "overload" | "smoothing" => self.restream(),
+            "max-in-flight" => {
+                // Frames waiting for room look at the new bound.
+                if let Some(out) = lock(&self.state).out.clone() {
+                    out.wake();
+                }
+            }
             _ => {}
         }
     }
@@ -808,13 +964,14 @@ impl ObjectImpl for Cliptag {
             }
             None => &settings,
         };
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
         match name {
-            "model" => s.model.to_value(),
+            "model" => path(&s.model).to_value(),
             "device" => s.device.to_value(),
             "dtype" => s.dtype.to_value(),
             "labels" => s.labels.join(",").to_value(),
             "label-list" => gst::Array::new(s.labels.iter().cloned()).to_value(),
-            "labels-file" => s.labels_file.to_value(),
+            "labels-file" => path(&s.labels_file).to_value(),
             "prompt-template" => s.prompt_template.to_value(),
             "interval" => s.interval.to_value(),
             "top-k" => s.top_k.to_value(),
@@ -823,6 +980,7 @@ impl ObjectImpl for Cliptag {
             "smoothing" => s.smoothing.to_value(),
             "max-batch" => s.max_batch.to_value(),
             "max-latency" => s.max_latency_ms.to_value(),
+            "max-in-flight" => s.max_in_flight.to_value(),
             "mode" => s.mode.to_value(),
             "overload" => s.overload.to_value(),
             "stream-id" => s.stream_id.to_value(),
@@ -830,8 +988,8 @@ impl ObjectImpl for Cliptag {
             "post-messages" => s.post_messages.to_value(),
             "grpc-address" => s.grpc_address.to_value(),
             "grpc-token" => s.grpc_token.to_value(),
-            "grpc-tls-cert" => s.grpc_tls_cert.to_value(),
-            "grpc-tls-key" => s.grpc_tls_key.to_value(),
+            "grpc-tls-cert" => path(&s.grpc_tls_cert).to_value(),
+            "grpc-tls-key" => path(&s.grpc_tls_key).to_value(),
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");
                 glib::Value::from_type(pspec.value_type())

@@ -12,6 +12,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod outbound;
 mod settings;
 
 glib::wrapper! {
@@ -21,6 +22,7 @@ glib::wrapper! {
 
 /// Registers the element with a plugin.
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    settings::mark_enums_as_plugin_api();
     gst::Element::register(
         Some(plugin),
         "cliptag",

@@ -1,7 +1,7 @@
 //! The element's properties: their values, defaults and the blurbs `gst-inspect-1.0`
 //! shows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -67,14 +67,46 @@ pub enum Scoring {
     Sigmoid = 1,
 }
 
-/// Every property's value.
+/// Default of `device`.
+pub const DEFAULT_DEVICE: &str = "cpu";
+/// Default of `dtype`.
+pub const DEFAULT_DTYPE: &str = "auto";
+/// Default of `labels`.
+pub const DEFAULT_LABELS: &str = "smpte color bars,tv static,a moving ball,a checkerboard";
+/// Default of `prompt-template`.
+pub const DEFAULT_PROMPT_TEMPLATE: &str = "{}";
+/// Default of `interval` (frames).
+pub const DEFAULT_INTERVAL: u32 = 1;
+/// Default of `top-k`.
+pub const DEFAULT_TOP_K: u32 = 5;
+/// Default of `threshold`.
+pub const DEFAULT_THRESHOLD: f64 = 0.5;
+/// Default of `scoring`.
+pub const DEFAULT_SCORING: Scoring = Scoring::Softmax;
+/// Default of `smoothing`.
+pub const DEFAULT_SMOOTHING: f64 = 0.0;
+/// Default of `max-batch` (frames).
+pub const DEFAULT_MAX_BATCH: u32 = 8;
+/// Default of `max-latency` (milliseconds).
+pub const DEFAULT_MAX_LATENCY_MS: u32 = 20;
+/// Default of `max-in-flight`: 0, derived from `max-batch` (see [`Settings::in_flight_bound`]).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 0;
+/// Default of `mode`.
+pub const DEFAULT_MODE: Mode = Mode::Sync;
+/// Default of `overload`.
+pub const DEFAULT_OVERLOAD: Overload = Overload::Block;
+/// Default of `post-messages`.
+pub const DEFAULT_POST_MESSAGES: bool = false;
+
+/// Every property's value. `None` stands for a string property left unset (or set to
+/// NULL or to an empty string).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub model: String,
+    pub model: Option<PathBuf>,
     pub device: String,
     pub dtype: String,
     pub labels: Vec<String>,
-    pub labels_file: String,
+    pub labels_file: Option<PathBuf>,
     pub prompt_template: String,
     pub interval: u32,
     pub top_k: u32,
@@ -83,46 +115,70 @@ pub struct Settings {
     pub smoothing: f64,
     pub max_batch: u32,
     pub max_latency_ms: u32,
+    pub max_in_flight: u32,
     pub mode: Mode,
     pub overload: Overload,
-    pub stream_id: String,
-    pub engine_id: String,
+    pub stream_id: Option<String>,
+    pub engine_id: Option<String>,
     pub post_messages: bool,
-    pub grpc_address: String,
-    pub grpc_token: String,
-    pub grpc_tls_cert: String,
-    pub grpc_tls_key: String,
+    pub grpc_address: Option<String>,
+    pub grpc_token: Option<String>,
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
 }
-
-pub const DEFAULT_LABELS: &str = "smpte color bars,tv static,a moving ball,a checkerboard";
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            model: String::new(),
-            device: "cpu".into(),
-            dtype: "auto".into(),
+            model: None,
+            device: DEFAULT_DEVICE.into(),
+            dtype: DEFAULT_DTYPE.into(),
             labels: split_labels(DEFAULT_LABELS),
-            labels_file: String::new(),
-            prompt_template: "{}".into(),
-            interval: 1,
-            top_k: 5,
-            threshold: 0.5,
-            scoring: Scoring::Softmax,
-            smoothing: 0.0,
-            max_batch: 8,
-            max_latency_ms: 20,
-            mode: Mode::Sync,
-            overload: Overload::Block,
-            stream_id: String::new(),
-            engine_id: String::new(),
-            post_messages: false,
-            grpc_address: String::new(),
-            grpc_token: String::new(),
-            grpc_tls_cert: String::new(),
-            grpc_tls_key: String::new(),
+            labels_file: None,
+            prompt_template: DEFAULT_PROMPT_TEMPLATE.into(),
+            interval: DEFAULT_INTERVAL,
+            top_k: DEFAULT_TOP_K,
+            threshold: DEFAULT_THRESHOLD,
+            scoring: DEFAULT_SCORING,
+            smoothing: DEFAULT_SMOOTHING,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_latency_ms: DEFAULT_MAX_LATENCY_MS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            mode: DEFAULT_MODE,
+            overload: DEFAULT_OVERLOAD,
+            stream_id: None,
+            engine_id: None,
+            post_messages: DEFAULT_POST_MESSAGES,
+            grpc_address: None,
+            grpc_token: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
         }
     }
+}
+
+/// A string property's value: `None` for NULL and for an empty string.
+pub fn optional_text(value: &glib::Value) -> Option<String> {
+    value
+        .get::<Option<String>>()
+        .ok()
+        .flatten()
+        .filter(|s| !s.is_empty())
+}
+
+/// Checks a `dtype` value before it is taken.
+pub fn check_dtype(value: &str) -> Result<(), String> {
+    if value.trim() == "auto" {
+        return Ok(());
+    }
+    cliptag_engine::cliptag_model::parse_dtype(value)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a `device` value before it is taken (without opening the device).
+pub fn check_device(value: &str) -> Result<(), String> {
+    cliptag_engine::cliptag_model::check_device_name(value).map_err(|e| e.to_string())
 }
 
 /// Splits a comma-separated label list, dropping empty entries.
@@ -135,9 +191,9 @@ pub fn split_labels(text: &str) -> Vec<String> {
 }
 
 /// Reads a labels file: one label per line; blank lines and `#` comments skipped.
-pub fn read_labels_file(path: &str) -> Result<Vec<String>, String> {
+pub fn read_labels_file(path: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read labels-file {path}: {e}"))?;
+        .map_err(|e| format!("cannot read labels-file {}: {e}", path.display()))?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -150,7 +206,7 @@ impl Settings {
     /// The engine this element asks for.
     pub fn engine_config(&self) -> Result<EngineConfig, String> {
         Ok(EngineConfig {
-            model: (!self.model.is_empty()).then(|| PathBuf::from(&self.model)),
+            model: self.model.clone(),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
             max_batch: self.max_batch as usize,
@@ -161,20 +217,20 @@ impl Settings {
 
     /// The gRPC server this element serves its stream on, if any.
     pub fn server_config(&self) -> Result<Option<ServerConfig>, String> {
-        if self.grpc_address.is_empty() {
+        let Some(address) = &self.grpc_address else {
             return Ok(None);
-        }
-        let tls = match (self.grpc_tls_cert.is_empty(), self.grpc_tls_key.is_empty()) {
-            (true, true) => None,
-            (false, false) => Some(TlsFiles {
-                cert: PathBuf::from(&self.grpc_tls_cert),
-                key: PathBuf::from(&self.grpc_tls_key),
+        };
+        let tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
             }),
             _ => return Err("grpc-tls-cert and grpc-tls-key go together".into()),
         };
         Ok(Some(ServerConfig {
-            address: self.grpc_address.clone(),
-            token: (!self.grpc_token.is_empty()).then(|| self.grpc_token.clone()),
+            address: address.clone(),
+            token: self.grpc_token.clone(),
             tls,
         }))
     }
@@ -228,10 +284,9 @@ impl Settings {
 
     /// The labels: from `labels-file` when set, else `labels`.
     fn label_names(&self) -> Result<Vec<String>, String> {
-        if self.labels_file.is_empty() {
-            Ok(self.labels.clone())
-        } else {
-            read_labels_file(&self.labels_file)
+        match &self.labels_file {
+            None => Ok(self.labels.clone()),
+            Some(file) => read_labels_file(file),
         }
     }
 
@@ -247,6 +302,17 @@ impl Settings {
         }
     }
 
+    /// Sync mode: the most frames between the sink and source pads, and the most
+    /// serialized events: `max-in-flight`, or when 0, four batches and at least 16. Two
+    /// batches keep the worker busy (one inferred while the next fills), the rest absorb
+    /// a downstream that takes frames unevenly.
+    pub fn in_flight_bound(&self) -> usize {
+        match self.max_in_flight {
+            0 => (4 * self.max_batch as usize).max(16),
+            n => n as usize,
+        }
+    }
+
     /// The stream settings the properties describe.
     pub fn stream_config(&self, label_set: &str) -> StreamConfig {
         let max_batch = self.max_batch as usize;
@@ -258,7 +324,9 @@ impl Settings {
             },
             interval: self.interval,
             queue_capacity: (2 * max_batch).max(4),
-            max_pending: (8 * max_batch).max(64),
+            // The element bounds what it holds itself (see in_flight_bound); the engine's
+            // window only has to be no smaller.
+            max_pending: self.in_flight_bound().max(1),
             smoothing: Smoothing {
                 factor: self.smoothing as f32,
                 ..Smoothing::default()
@@ -268,29 +336,31 @@ impl Settings {
     }
 }
 
-/// The property specs.
+/// The property specs. Their flags say when each may change: none (only in NULL: the
+/// engine and the server are made on the way to READY), `MUTABLE_READY` (read when the
+/// stream attaches, on the way to PAUSED) or `MUTABLE_PLAYING` (applied while running);
+/// the element refuses a change its state does not allow.
 pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-    let d = Settings::default();
-    let mutable_playing = glib::ParamFlags::READWRITE | gst::PARAM_FLAG_MUTABLE_PLAYING;
+    let only_null = glib::ParamFlags::READWRITE;
     let mutable_ready = glib::ParamFlags::READWRITE | gst::PARAM_FLAG_MUTABLE_READY;
+    let mutable_playing = glib::ParamFlags::READWRITE | gst::PARAM_FLAG_MUTABLE_PLAYING;
     vec![
         glib::ParamSpecString::builder("model")
             .nick("Model")
-            .blurb("Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json); empty: the bundled model cliptag-tiny. Loaded on the way to READY")
-            .default_value(Some(""))
-            .flags(mutable_ready)
+            .blurb("Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json); NULL or empty: the bundled model cliptag-tiny. Loaded on the way to READY")
+            .flags(only_null)
             .build(),
         glib::ParamSpecString::builder("device")
             .nick("Device")
-            .blurb("Where the model runs: cpu, cuda:N, or auto (the first CUDA device when this build has CUDA, else cpu)")
-            .default_value(Some(d.device.as_str()))
-            .flags(mutable_ready)
+            .blurb("Where the model runs: cpu, cuda:N, or auto (the first CUDA device when this build has CUDA, else cpu); a name that is none of these is refused with a warning")
+            .default_value(Some(DEFAULT_DEVICE))
+            .flags(only_null)
             .build(),
         glib::ParamSpecString::builder("dtype")
             .nick("Precision")
-            .blurb("Precision of the weights and the forward pass: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU)")
-            .default_value(Some(d.dtype.as_str()))
-            .flags(mutable_ready)
+            .blurb("Precision of the weights and the forward pass: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU); anything else is refused with a warning")
+            .default_value(Some(DEFAULT_DTYPE))
+            .flags(only_null)
             .build(),
         glib::ParamSpecString::builder("labels")
             .nick("Labels")
@@ -306,21 +376,20 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecString::builder("labels-file")
             .nick("Labels file")
-            .blurb("File with one label per line (blank lines and # comments skipped); when set, it replaces labels. Empty: use labels")
-            .default_value(Some(""))
+            .blurb("File with one label per line (blank lines and # comments skipped); when set, it replaces labels. NULL or empty: use labels")
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecString::builder("prompt-template")
             .nick("Prompt template")
             .blurb("Text each label is put into before encoding; {} stands for the label, e.g. \"a photo of {}\"")
-            .default_value(Some(d.prompt_template.as_str()))
+            .default_value(Some(DEFAULT_PROMPT_TEMPLATE))
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecUInt::builder("interval")
             .nick("Interval")
             .blurb("Infer every Nth frame (frames); the others carry the last result, marked stale")
             .minimum(1)
-            .default_value(d.interval)
+            .default_value(DEFAULT_INTERVAL)
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecUInt::builder("top-k")
@@ -328,7 +397,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .blurb("Labels carried per frame, best first")
             .minimum(1)
             .maximum(cliptag_engine::MAX_LABELS as u32)
-            .default_value(d.top_k)
+            .default_value(DEFAULT_TOP_K)
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecDouble::builder("threshold")
@@ -336,10 +405,10 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .blurb("Score (0 to 1) at which a label counts as present: start/end events in the meta and messages")
             .minimum(0.0)
             .maximum(1.0)
-            .default_value(d.threshold)
+            .default_value(DEFAULT_THRESHOLD)
             .flags(mutable_playing)
             .build(),
-        glib::ParamSpecEnum::builder_with_default("scoring", d.scoring)
+        glib::ParamSpecEnum::builder_with_default("scoring", DEFAULT_SCORING)
             .nick("Scoring")
             .blurb("How similarities become scores")
             .flags(mutable_playing)
@@ -349,7 +418,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .blurb("Weight of the past in the exponential moving average of scores (0: off, up to 0.99)")
             .minimum(0.0)
             .maximum(0.99)
-            .default_value(d.smoothing)
+            .default_value(DEFAULT_SMOOTHING)
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecUInt::builder("max-batch")
@@ -357,72 +426,99 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .blurb("Most frames per forward pass of the model (frames); shared engines keep the first element's value")
             .minimum(1)
             .maximum(1024)
-            .default_value(d.max_batch)
-            .flags(mutable_ready)
+            .default_value(DEFAULT_MAX_BATCH)
+            .flags(only_null)
             .build(),
         glib::ParamSpecUInt::builder("max-latency")
             .nick("Max latency")
-            .blurb("Longest a frame waits for its batch to fill before inference starts (milliseconds)")
+            .blurb("Longest a frame waits for its batch to fill before inference starts (milliseconds); shared engines keep the first element's value")
             .maximum(10_000)
-            .default_value(d.max_latency_ms)
-            .flags(mutable_ready)
+            .default_value(DEFAULT_MAX_LATENCY_MS)
+            .flags(only_null)
             .build(),
-        glib::ParamSpecEnum::builder_with_default("mode", d.mode)
+        glib::ParamSpecUInt::builder("max-in-flight")
+            .nick("Max in flight")
+            .blurb("Sync mode: most frames held between the sink and source pads (waiting for a batch, inferred, or waiting to be pushed), and most serialized events; more waits upstream, so a source faster than the sink is held back instead of filling memory (frames). 0: four times max-batch, at least 16")
+            .maximum(65_536)
+            .default_value(DEFAULT_MAX_IN_FLIGHT)
+            .flags(mutable_playing)
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("mode", DEFAULT_MODE)
             .nick("Mode")
             .blurb("Whether frames wait for their own result")
             .flags(mutable_ready)
             .build(),
-        glib::ParamSpecEnum::builder_with_default("overload", d.overload)
+        glib::ParamSpecEnum::builder_with_default("overload", DEFAULT_OVERLOAD)
             .nick("Overload")
             .blurb("What happens to a frame when the inference queue is full")
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecString::builder("stream-id")
             .nick("Stream id")
-            .blurb("Name of this stream in results, messages and stats; empty: the element's name")
-            .default_value(Some(""))
+            .blurb("Name of this stream in results, messages, stats and over gRPC; NULL or empty: the element's name")
             .flags(mutable_ready)
             .build(),
         glib::ParamSpecString::builder("engine-id")
             .nick("Engine id")
-            .blurb("Elements with the same id in one process share one model and inference worker and batch together; empty: a private engine")
-            .default_value(Some(""))
-            .flags(mutable_ready)
+            .blurb("Elements with the same id in one process share one model and inference worker and batch together; NULL or empty: a private engine")
+            .flags(only_null)
             .build(),
         glib::ParamSpecBoolean::builder("post-messages")
             .nick("Post messages")
             .blurb("Post an element message named cliptag with each frame's result on the bus")
-            .default_value(d.post_messages)
+            .default_value(DEFAULT_POST_MESSAGES)
             .flags(mutable_playing)
             .build(),
         glib::ParamSpecString::builder("grpc-address")
             .nick("gRPC address")
-            .blurb("Serve the cliptag.v1 gRPC API (label changes, detection streams, health, reflection) on host:port, or a bare port on 127.0.0.1; one server per process and address, shared by every element naming it and serving every stream of the process; empty: no server")
-            .default_value(Some(""))
-            .flags(mutable_ready)
+            .blurb("Serve the cliptag.v1 gRPC API (label changes, detection streams, health, reflection) on host:port, or a bare port on 127.0.0.1; one server per process and address, shared by every element naming it and serving every stream of the process; NULL or empty: no server")
+            .flags(only_null)
             .build(),
         glib::ParamSpecString::builder("grpc-token")
             .nick("gRPC token")
             .blurb("When set, label changes over gRPC need the metadata authorization: Bearer <token>; reading needs none")
-            .default_value(Some(""))
-            .flags(mutable_ready)
+            .flags(only_null)
             .build(),
         glib::ParamSpecString::builder("grpc-tls-cert")
             .nick("gRPC TLS certificate")
-            .blurb("PEM certificate chain file: with grpc-tls-key, the server speaks TLS only; empty: plain text")
-            .default_value(Some(""))
-            .flags(mutable_ready)
+            .blurb("PEM certificate chain file: with grpc-tls-key, the server speaks TLS only; NULL or empty: plain text")
+            .flags(only_null)
             .build(),
         glib::ParamSpecString::builder("grpc-tls-key")
             .nick("gRPC TLS key")
             .blurb("PEM private key file of grpc-tls-cert")
-            .default_value(Some(""))
-            .flags(mutable_ready)
+            .flags(only_null)
             .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .nick("Stats")
-            .blurb("Read-only structure cliptag-stats: frames-in, inferred, skipped, dropped, failed, queue-depth, pending (frames), latency-p50 and latency-p99 (nanoseconds), label-set-version, engine-batches and batch-sizes (array; index n counts this stream's frames that rode in batches of n)")
+            .blurb("Read-only structure cliptag-stats: frames-in, inferred, skipped, dropped, failed, queue-depth, pending, in-flight (frames), latency-p50 and latency-p99 (nanoseconds), label-set-version, engine-batches and batch-sizes (array; index n counts this stream's frames that rode in batches of n), last-error")
             .read_only()
             .build(),
     ]
 });
+
+/// The highest state in which a property may change, from its flags.
+pub fn mutable_until(pspec: &glib::ParamSpec) -> gst::State {
+    let flags = pspec.flags();
+    if flags.contains(gst::PARAM_FLAG_MUTABLE_PLAYING) {
+        gst::State::Playing
+    } else if flags.contains(gst::PARAM_FLAG_MUTABLE_PAUSED) {
+        gst::State::Paused
+    } else if flags.contains(gst::PARAM_FLAG_MUTABLE_READY) {
+        gst::State::Ready
+    } else {
+        gst::State::Null
+    }
+}
+
+/// Marks the property enums as plugin API, so that documentation tools describe them
+/// with the element.
+pub fn mark_enums_as_plugin_api() {
+    for t in [
+        Mode::static_type(),
+        Overload::static_type(),
+        Scoring::static_type(),
+    ] {
+        t.mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    }
+}
