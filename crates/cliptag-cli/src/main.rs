@@ -4,6 +4,7 @@ mod commands;
 mod grpc_args;
 mod label_args;
 mod model_arg;
+mod output;
 
 use std::process::ExitCode;
 
@@ -58,14 +59,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that closed the pipe (`cliptag watch | head`) is not an error.
-        Err(error)
-            if error.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) =>
-        {
-            ExitCode::SUCCESS
-        }
+        Err(error) if output::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the whole cause chain, outermost first.
             eprintln!("cliptag: error: {error:#}");

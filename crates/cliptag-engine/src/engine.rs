@@ -14,7 +14,7 @@ use crate::broadcast::{Broadcast, Subscription};
 use crate::error::{EngineError, Result};
 use crate::frame::{FrameTiming, VideoFrame};
 use crate::label_set::{LabelSet, TextEncoder};
-use crate::labels::{LabelError, LabelSetSpec};
+use crate::label_spec::{LabelError, LabelSetSpec};
 use crate::results::{Completion, FrameResult, LabelScore};
 use crate::stats::StreamStats;
 use crate::stream::{Action, ResultCallback, StreamConfig, StreamShared};

@@ -1,6 +1,6 @@
 //! The engine's error type.
 
-use crate::labels::LabelError;
+use crate::label_spec::{LabelError, Quoted};
 
 /// Errors of the engine. Label problems and version conflicts leave every running label
 /// set as it was.
@@ -10,7 +10,10 @@ pub enum EngineError {
     #[error("invalid label set: {0}")]
     Labels(#[from] LabelError),
     /// An edit asked for a version that is no longer current.
-    #[error("label set {set:?} is at version {current}, the edit expected {expected}")]
+    #[error(
+        "label set {} is at version {current}, the edit expected {expected}",
+        Quoted(set)
+    )]
     VersionMismatch {
         /// The label set.
         set: String,
@@ -20,16 +23,16 @@ pub enum EngineError {
         current: u64,
     },
     /// No label set of this id.
-    #[error("no label set {0:?}")]
+    #[error("no label set {}", Quoted(.0))]
     UnknownLabelSet(String),
     /// No stream of this id.
-    #[error("no stream {0:?}")]
+    #[error("no stream {}", Quoted(.0))]
     UnknownStream(String),
     /// A stream of this id is already attached to the engine.
-    #[error("a stream {0:?} is already attached to this engine")]
+    #[error("a stream {} is already attached to this engine", Quoted(.0))]
     StreamExists(String),
     /// An engine of this id already runs with other settings.
-    #[error("engine {id:?} already runs {existing}; asked for {requested}")]
+    #[error("engine {} already runs {existing}; asked for {requested}", Quoted(id))]
     EngineMismatch {
         /// The engine id.
         id: String,

@@ -8,7 +8,7 @@ use cliptag_model::candle_core::DType;
 use cliptag_model::{ClipModel, l2_normalize};
 
 use crate::error::Result;
-use crate::labels::{LabelError, LabelSetSpec, Scoring};
+use crate::label_spec::{LabelError, LabelSetSpec, Scoring};
 use crate::text_cache::TextCache;
 
 /// Prompts encoded per forward pass of the text tower.

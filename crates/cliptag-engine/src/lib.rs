@@ -37,7 +37,7 @@ mod error;
 pub mod fault;
 mod frame;
 mod label_set;
-mod labels;
+mod label_spec;
 mod results;
 mod stats;
 mod stream;
@@ -51,9 +51,9 @@ pub use engine::{Engine, EngineConfig, EngineStats, Stream, StreamInfo, WARM_UP_
 pub use error::{EngineError, Result};
 pub use frame::{FrameTiming, OwnedFrame, VideoFrame};
 pub use label_set::LabelSet;
-pub use labels::{
+pub use label_spec::{
     Label, LabelError, LabelSetSpec, MAX_LABELS, MAX_POOLED_FRAMES, MAX_PROMPTS_PER_LABEL, Pooling,
-    Scoring,
+    Quoted, Scoring,
 };
 pub use results::{Completion, EventKind, FrameResult, LabelEvent, LabelScore};
 pub use stats::StreamStats;

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::label_set::LabelSet;
-use crate::labels::{MAX_POOLED_FRAMES, Pooling};
+use crate::label_spec::{MAX_POOLED_FRAMES, Pooling};
 use crate::results::{EventKind, LabelEvent, LabelScore};
 
 /// Smoothing and hysteresis settings of a stream.

@@ -157,9 +157,28 @@ pub fn detection(result: &FrameResult) -> v1::Detection {
     }
 }
 
+/// Longest status message sent, in bytes: the message travels in an HTTP/2 header, and
+/// one past the peer's header limit would reach the client as RESOURCE_EXHAUSTED instead
+/// of the reason. Errors quote user input short already ([`cliptag_engine::Quoted`]);
+/// this is the net under them.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to at most [`MAX_STATUS_MESSAGE`] bytes, on a character boundary.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 /// The status code an engine error means for a client.
 pub fn status(error: EngineError) -> Status {
-    let message = error.to_string();
+    let message = bounded(error.to_string());
     match error {
         EngineError::Labels(_) | EngineError::Setting(_) => Status::invalid_argument(message),
         EngineError::VersionMismatch { .. } => Status::failed_precondition(message),

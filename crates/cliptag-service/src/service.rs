@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use cliptag_engine::{Engine, EngineError, LabelError, LabelSet, LabelSetSpec, StreamInfo};
+use cliptag_engine::{Engine, EngineError, LabelError, LabelSet, LabelSetSpec, Quoted, StreamInfo};
 use cliptag_proto::v1;
 use cliptag_proto::v1::cliptag_server::Cliptag;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -80,7 +80,7 @@ fn targets(stream: &str) -> Result<Vec<(Arc<Engine>, StreamInfo)>, Status> {
         hub()
             .stream(stream)
             .map(|s| vec![s])
-            .ok_or_else(|| Status::not_found(format!("no stream {stream:?}")))
+            .ok_or_else(|| Status::not_found(format!("no stream {}", Quoted(stream))))
     }
 }
 
@@ -304,7 +304,10 @@ impl Cliptag for CliptagService {
                 }
                 let (engine, info) = streams.remove(0);
                 let set = engine.labels(&info.label_set).ok_or_else(|| {
-                    Status::failed_precondition(format!("stream {:?} has no labels", info.id))
+                    Status::failed_precondition(format!(
+                        "stream {} has no labels",
+                        Quoted(&info.id)
+                    ))
                 })?;
                 (engine, info.id, set)
             }

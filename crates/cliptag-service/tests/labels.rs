@@ -257,6 +257,77 @@ async fn every_bad_request_gets_its_code_and_changes_nothing() {
     producer.finish();
 }
 
+/// 20 KB of user text in a refused request: the status names the real reason and quotes
+/// the text short, instead of a message too large for its header (which reaches the
+/// client as RESOURCE_EXHAUSTED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_input_comes_back_short_with_the_real_reason() {
+    let _serial = serial().await;
+    let (engine, _registration) = engine(1024);
+    let producer = Producer::start(&engine, "long-cam", &["a cat", "a dog"], 0, 4);
+    let server = server();
+    let mut c = client(&server).await;
+    let before = current(&mut c, "long-cam").await;
+    let huge = "a very long prompt ".repeat(1100);
+    assert!(huge.len() > 20_000);
+    let mut long_prompt = set(&["a cat", "a dog"]);
+    long_prompt.labels[1].prompts = vec![huge.trim().to_string()];
+    let mut long_template = set(&["a cat", "a dog"]);
+    long_template.template = huge.clone();
+    let long_name = huge.trim().to_string();
+    let cases: Vec<(&str, v1::SetLabelsRequest, Code, &str)> = vec![
+        (
+            "a 20 KB prompt",
+            request("long-cam", long_prompt, None),
+            Code::InvalidArgument,
+            "tokens",
+        ),
+        (
+            "a 20 KB template",
+            request("long-cam", long_template, None),
+            Code::InvalidArgument,
+            "exactly once",
+        ),
+        (
+            "a 20 KB label twice",
+            request("long-cam", set(&[&long_name, &long_name]), None),
+            Code::InvalidArgument,
+            "more than once",
+        ),
+        (
+            "a 20 KB stream id",
+            request(&long_name, set(&["x", "y"]), None),
+            Code::NotFound,
+            "no stream",
+        ),
+    ];
+    for (what, req, code, reason) in cases {
+        let status = c.set_labels(req).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(
+            status.message().contains(reason),
+            "{what}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().len() < 512,
+            "{what}: a message of {} bytes",
+            status.message().len()
+        );
+        assert!(
+            status.message().contains("bytes)"),
+            "{what}: {}",
+            status.message()
+        );
+        assert_eq!(
+            current(&mut c, "long-cam").await,
+            before,
+            "{what} changed the set"
+        );
+    }
+    producer.finish();
+}
+
 fn request(stream: &str, labels: v1::LabelSet, if_version: Option<u64>) -> v1::SetLabelsRequest {
     v1::SetLabelsRequest {
         stream: stream.into(),

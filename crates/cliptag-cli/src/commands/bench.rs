@@ -1,6 +1,7 @@
 //! `cliptag bench`: vision-tower throughput on random pixel values, and optionally
 //! preprocessing and the engine end to end.
 
+use crate::output::outln;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -83,16 +84,17 @@ fn profile_stages(
     Ok(rows)
 }
 
-fn print_stages(stages: &[serde_json::Value]) {
+fn print_stages(stages: &[serde_json::Value]) -> std::io::Result<()> {
     for s in stages {
-        println!(
+        outln!(
             "    {:<28} {:>9.3} ms/batch  {:>5.1}%  ({} calls)",
             s["stage"].as_str().unwrap_or("?"),
             s["ms_per_batch"].as_f64().unwrap_or(0.0),
             100.0 * s["share"].as_f64().unwrap_or(0.0),
             s["calls_per_batch"].as_f64().unwrap_or(0.0),
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn parse_size(size: &str) -> Result<(usize, usize)> {
@@ -196,16 +198,16 @@ pub fn run(args: Args) -> Result<()> {
             "ms_per_batch": per_batch * 1e3,
         });
         if !args.json {
-            println!(
+            outln!(
                 "batch {batch:>4}: {:>8.2} img/s  {:>9.2} ms/batch",
                 batch as f64 / per_batch,
                 per_batch * 1e3
-            );
+            )?;
         }
         if args.profile {
             let stages = profile_stages(net, &pixels, args.iters.max(1))?;
             if !args.json {
-                print_stages(&stages);
+                print_stages(&stages)?;
             }
             result["profile"] = serde_json::Value::Array(stages);
         }
@@ -215,7 +217,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(size) = &args.preprocess {
         for (format, ms) in time_preprocessing(&model, size, args.seconds.min(2.0))? {
             if !args.json {
-                println!("preprocess {size} {format:>4}: {ms:>8.2} ms/frame");
+                outln!("preprocess {size} {format:>4}: {ms:>8.2} ms/frame")?;
             }
             preprocessing.push(json!({"size": size, "format": format, "ms_per_frame": ms}));
         }
@@ -233,7 +235,7 @@ pub fn run(args: Args) -> Result<()> {
         None => serde_json::Value::Null,
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "engine": "cliptag",
@@ -244,7 +246,7 @@ pub fn run(args: Args) -> Result<()> {
                 "preprocessing": preprocessing,
                 "end_to_end": engine,
             })
-        );
+        )?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! inference, scoring against a label set) and the cost of replacing a large label set
 //! while frames flow.
 
+use crate::output::outln;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -142,12 +143,12 @@ pub fn run(
             let (fps, _) = throughput(&engine, &frame, seconds, None)
                 .with_context(|| format!("engine at batch {batch}"))?;
             if verbose {
-                println!(
+                outln!(
                     "engine {}x{} {:>4} batch {batch:>3}: {fps:>8.2} frames/s ({labels} labels)",
                     size.0,
                     size.1,
                     format.name()
-                );
+                )?;
             }
             frames.push(json!({
                 "format": format.name(), "width": size.0, "height": size.1,
@@ -178,17 +179,17 @@ pub fn run(
     let (alone, _) = throughput(&engine, &frame, seconds, None)?;
     let (during, busy) = throughput(&engine, &frame, seconds, Some(&update))?;
     if verbose {
-        println!(
+        outln!(
             "label update: {update_prompts} prompts in {:.3} s ({:.0} prompts/s)",
             encode_s,
             update_prompts as f64 / encode_s
-        );
-        println!(
+        )?;
+        outln!(
             "frames during updates: {during:.2} frames/s vs {alone:.2} alone ({:.0}% of it); \
              the encoder was busy {:.0}% of the time",
             100.0 * during / alone,
             100.0 * busy
-        );
+        )?;
     }
     Ok(json!({
         "frames": frames,

@@ -7,6 +7,7 @@
 //! wall time) to the moment a client has decoded it. The server's CPU is read from its
 //! runtime threads (`cliptag-grpc`) in /proc.
 
+use crate::output::outln;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
     for (round, &n) in args.subscribers.iter().enumerate() {
         let row = clients.block_on(measure(&engine, &server, n, round, &args))?;
         if !args.json {
-            println!(
+            outln!(
                 "{:>4} subscribers: {:>7} results delivered, {} lost; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; server {:.1}% of a core ({:.1} us per delivered result)",
                 n,
                 row["delivered"],
@@ -116,12 +117,12 @@ pub fn run(args: Args) -> Result<()> {
                 row["latency_max_ms"].as_f64().unwrap_or(f64::NAN),
                 row["server_cpu_core_fraction"].as_f64().unwrap_or(f64::NAN) * 100.0,
                 row["server_cpu_us_per_result"].as_f64().unwrap_or(f64::NAN),
-            );
+            )?;
         }
         rows.push(row);
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "benchmark": "grpc detection fan-out on loopback",
@@ -130,7 +131,7 @@ pub fn run(args: Args) -> Result<()> {
                 "seconds": args.seconds,
                 "results": rows,
             })
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `cliptag classify`: zero-shot labels for one image.
 
+use crate::output::outln;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -54,10 +55,10 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .map(|(label, score)| json!({"label": label, "score": score}))
             .collect();
-        println!("{}", json!({ "labels": labels }));
+        outln!("{}", json!({ "labels": labels }))?;
     } else {
         for (label, score) in ranked {
-            println!("{score:.4}  {label}");
+            outln!("{score:.4}  {label}")?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `cliptag embed`: projected embeddings as `get_image_features` / `get_text_features`
 //! return them (not normalized).
 
+use crate::output::outln;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -78,6 +79,6 @@ pub fn run(args: Args) -> Result<()> {
             serde_json::to_value(embeds.to_vec2::<f32>()?)?,
         );
     }
-    println!("{}", Value::Object(out));
+    outln!("{}", Value::Object(out))?;
     Ok(())
 }

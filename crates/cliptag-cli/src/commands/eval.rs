@@ -1,5 +1,6 @@
 //! `cliptag eval`: zero-shot top-1 accuracy over a labelled manifest of images.
 
+use crate::output::outln;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -45,20 +46,20 @@ pub fn run(args: Args) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", json!({ "model": model.source, "tasks": tasks }));
+        outln!("{}", json!({ "model": model.source, "tasks": tasks }))?;
         return Ok(());
     }
-    println!("{:<14} {:>8} {:>7}", "task", "top-1", "items");
+    outln!("{:<14} {:>8} {:>7}", "task", "top-1", "items")?;
     for r in &results {
-        println!("{:<14} {:>7.1}% {:>7}", r.name, r.percent(), r.total);
+        outln!("{:<14} {:>7.1}% {:>7}", r.name, r.percent(), r.total)?;
     }
     if args.misses {
         for r in &results {
             for (file, expected, predicted) in &r.misses {
-                println!(
+                outln!(
                     "{}: {file}: expected {expected:?}, got {predicted:?}",
                     r.name
-                );
+                )?;
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `cliptag labels get|set|add|remove`: read and change a running server's label sets.
 
+use crate::output::outln;
 use anyhow::Result;
 use cliptag_service::v1;
 use serde_json::json;
@@ -149,7 +150,7 @@ async fn act(action: Action) -> Result<()> {
             (target, sets)
         }
     };
-    print_sets(&sets, target.json);
+    print_sets(&sets, target.json)?;
     Ok(())
 }
 
@@ -169,7 +170,7 @@ async fn update(
     Ok(reply.into_inner().sets)
 }
 
-fn print_sets(sets: &[v1::LabelSetState], as_json: bool) {
+fn print_sets(sets: &[v1::LabelSetState], as_json: bool) -> std::io::Result<()> {
     for set in sets {
         let names: Vec<&str> = set
             .labels
@@ -178,7 +179,7 @@ fn print_sets(sets: &[v1::LabelSetState], as_json: bool) {
             .map(|l| l.name.as_str())
             .collect();
         if as_json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "stream": set.stream,
@@ -186,14 +187,15 @@ fn print_sets(sets: &[v1::LabelSetState], as_json: bool) {
                     "version": set.version,
                     "labels": names,
                 })
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "{}  version {}  {}",
                 set.stream,
                 set.version,
                 names.join(", ")
-            );
+            )?;
         }
     }
+    Ok(())
 }

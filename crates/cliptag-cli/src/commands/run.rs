@@ -1,6 +1,7 @@
 //! `cliptag run`: the main job. A pipeline `source ! cliptag ! fakesink` with the gRPC
 //! service beside it, printing tags as they change, until the input ends or Ctrl-C.
 
+use crate::output::outln;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,7 +174,8 @@ pub fn run(args: Args) -> Result<()> {
         labels.join(", ")
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let printer = spawn_printer(&engine, args.json, stop.clone());
+    let reader_gone = Arc::new(AtomicBool::new(false));
+    let printer = spawn_printer(&engine, args.json, stop.clone(), reader_gone.clone());
     if pipeline.set_state(gst::State::Playing).is_err() {
         stop.store(true, Ordering::Relaxed);
         return Err(bus_error(&pipeline).unwrap_or_else(|| anyhow!("the pipeline did not start")));
@@ -217,6 +219,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         if eos_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
             break; // a source that ignores EOS
+        }
+        if reader_gone.load(Ordering::Relaxed) {
+            break; // nobody reads what this prints any more: stop quietly
         }
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
             continue;
@@ -321,10 +326,12 @@ fn spawn_cycler(
 }
 
 /// Prints a line whenever a stream's top label (or its label-set version) changes.
+/// Sets `reader_gone` and stops when standard output is closed (`cliptag run | head`).
 fn spawn_printer(
     engine: &Arc<Engine>,
     as_json: bool,
     stop: Arc<AtomicBool>,
+    reader_gone: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let mut results = engine.subscribe();
     std::thread::spawn(move || {
@@ -335,7 +342,10 @@ fn spawn_printer(
                     let Some(top) = r.top() else { continue };
                     let now = (top.label.to_string(), r.version);
                     if last.as_ref() != Some(&now) {
-                        print_change(&r, as_json);
+                        if print_change(&r, as_json).is_err() {
+                            reader_gone.store(true, Ordering::Relaxed);
+                            return;
+                        }
                         last = Some(now);
                     }
                 }
@@ -346,7 +356,7 @@ fn spawn_printer(
     })
 }
 
-fn print_change(r: &FrameResult, as_json: bool) {
+fn print_change(r: &FrameResult, as_json: bool) -> std::io::Result<()> {
     let seconds = r.timing.running_time_ns.or(r.timing.pts_ns).unwrap_or(0) as f64 * 1e-9;
     if as_json {
         let labels: Vec<_> = r
@@ -354,11 +364,11 @@ fn print_change(r: &FrameResult, as_json: bool) {
             .iter()
             .map(|l| json!({"label": &*l.label, "score": l.score}))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"stream": &*r.stream, "frame": r.frame, "time": seconds,
                    "label_set_version": r.version, "labels": labels})
-        );
+        )?;
     } else {
         let labels: Vec<String> = r
             .labels
@@ -366,11 +376,12 @@ fn print_change(r: &FrameResult, as_json: bool) {
             .take(3)
             .map(|l| format!("{} {:.2}", l.label, l.score))
             .collect();
-        println!(
+        outln!(
             "{seconds:>8.2}s  {}  v{}  {}",
             r.stream,
             r.version,
             labels.join(" | ")
-        );
+        )?;
     }
+    Ok(())
 }

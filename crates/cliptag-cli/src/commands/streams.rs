@@ -1,5 +1,6 @@
 //! `cliptag streams`: the streams a server serves, with their counters.
 
+use crate::output::outln;
 use anyhow::Result;
 use cliptag_service::v1;
 use serde_json::json;
@@ -28,7 +29,7 @@ pub fn run(args: Args) -> Result<()> {
         for s in reply.streams {
             let stats = s.stats.unwrap_or_default();
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     json!({
                         "id": s.id,
@@ -43,9 +44,9 @@ pub fn run(args: Args) -> Result<()> {
                         "latency_p50_us": stats.latency_p50_us,
                         "latency_p99_us": stats.latency_p99_us,
                     })
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "{}  model {}  labels v{}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms",
                     s.id,
                     s.model,
@@ -56,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
                     stats.dropped,
                     stats.latency_p50_us as f64 / 1e3,
                     stats.latency_p99_us as f64 / 1e3
-                );
+                )?;
             }
         }
         Ok(())

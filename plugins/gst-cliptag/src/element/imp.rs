@@ -739,6 +739,7 @@ impl Cliptag {
             c.interval = fresh.interval;
             c.overload = fresh.overload;
             c.smoothing = fresh.smoothing;
+            c.max_pending = fresh.max_pending;
         });
         if let Err(e) = result {
             gst::element_imp_warning!(self, gst::LibraryError::Settings, ["{e}"]);
@@ -934,6 +935,7 @@ impl ObjectImpl for Cliptag {
             | "scoring" => self.relabel(name),
             "interval" | "overload" | "smoothing" => self.restream(),
             "max-in-flight" => {
+                self.restream();
                 // Frames waiting for room look at the new bound.
                 if let Some(out) = lock(&self.state).out.clone() {
                     out.wake();

@@ -125,19 +125,19 @@ impl Outbound {
     /// Gives back a frame's place (a frame that did not make it to the queue, or that
     /// failed): only if no flush has started a new count since it was taken.
     pub fn release_frame(&self, generation: u64) {
-        let mut f = self.lock();
-        if f.generation == generation {
-            f.frames = f.frames.saturating_sub(1);
-            drop(f);
-            self.room.notify_all();
-        }
+        self.release(generation, |f| &mut f.frames);
     }
 
     /// Gives back an event's place, as [`Outbound::release_frame`].
     pub fn release_event(&self, generation: u64) {
+        self.release(generation, |f| &mut f.events);
+    }
+
+    fn release(&self, generation: u64, count: impl Fn(&mut Flight) -> &mut usize) {
         let mut f = self.lock();
         if f.generation == generation {
-            f.events = f.events.saturating_sub(1);
+            let n = count(&mut f);
+            *n = n.saturating_sub(1);
             drop(f);
             self.room.notify_all();
         }

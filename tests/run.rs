@@ -2,88 +2,23 @@
 //! by `cliptag labels` and `cliptag watch` processes and by a Python grpcio client whose
 //! stubs are generated from the .proto in the test; Ctrl-C stops it cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
+use cliptag_end_to_end::{Running, cliptag_bin, python, repo_root};
 use serde_json::Value;
 
 fn cliptag(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cliptag"))
+    Command::new(cliptag_bin())
         .args(args)
         .output()
         .expect("run cliptag")
 }
 
-/// A `cliptag run` child and the address it serves on.
-struct Running {
-    child: Child,
-    address: String,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cliptag"))
-            .args([
-                "run",
-                "--grpc",
-                "127.0.0.1:0",
-                "--cycle",
-                "1",
-                "--duration",
-                "120",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cliptag run");
-        let (tx, stderr) = mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut address = None;
-        while address.is_none() {
-            let line = stderr
-                .recv_timeout(Duration::from_secs(60))
-                .expect("cliptag run says where it serves");
-            address = line
-                .strip_prefix("cliptag: serving cliptag.v1 on ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(String::from);
-        }
-        Self {
-            child,
-            address: address.expect("address"),
-            stderr,
-        }
-    }
-
-    /// SIGINT, as Ctrl-C sends; the exit status and the rest of stderr.
-    fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait");
-        // The reader thread ends at the end of the pipe: every line is in.
-        let rest = self.stderr.iter().collect();
-        (exit, rest)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `cliptag run` with the live test source changing pattern every second.
+fn start(extra: &[&str]) -> Running {
+    let mut args = vec!["--cycle", "1", "--duration", "120"];
+    args.extend_from_slice(extra);
+    Running::start(&args, Stdio::null())
 }
 
 fn json_lines(out: &Output) -> Vec<Value> {
@@ -100,7 +35,7 @@ fn json_lines(out: &Output) -> Vec<Value> {
 
 #[test]
 fn labels_and_watch_drive_a_running_pipeline_and_ctrl_c_stops_it() {
-    let run = Running::start(&["--stream-id", "cam"]);
+    let run = start(&["--stream-id", "cam"]);
     let server = run.address.clone();
 
     let streams = json_lines(&cliptag(&["streams", "--server", &server, "--json"]));
@@ -200,23 +135,13 @@ fn labels_and_watch_drive_a_running_pipeline_and_ctrl_c_stops_it() {
     assert!(!gone.status.success(), "the server outlived the pipeline");
 }
 
-fn python() -> PathBuf {
-    match std::env::var_os("CLIPTAG_TEST_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "CLIPTAG_TEST_PYTHON is not set: `./x test` sets it to a Python with grpcio, \
-             grpcio-tools, grpcio-health-checking and grpcio-reflection"
-        ),
-    }
-}
-
 #[test]
 fn a_python_grpcio_client_changes_labels_and_sees_health_and_reflection() {
-    let run = Running::start(&["--stream-id", "py-cam"]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = start(&["--stream-id", "py-cam"]);
+    let root = repo_root();
     let out = Command::new(python())
         .arg(root.join("tests/python/grpc_client.py"))
-        .arg(root.join("../../proto"))
+        .arg(root.join("proto"))
         .arg(&run.address)
         .arg("py-cam")
         .output()

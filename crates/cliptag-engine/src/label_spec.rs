@@ -189,6 +189,29 @@ impl LabelSetSpec {
     }
 }
 
+/// Text from a user in a message, quoted, and cut short when long: an error about a 20 KB
+/// prompt names it by its start and length, so that the message itself stays readable
+/// (and fits in a gRPC status).
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a>(pub &'a str);
+
+impl Quoted<'_> {
+    /// Characters quoted in full; longer text shows its first [`Quoted::HEAD`].
+    pub const LIMIT: usize = 80;
+    /// Characters shown of longer text.
+    pub const HEAD: usize = 60;
+}
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.chars().count() <= Self::LIMIT {
+            return write!(f, "{:?}", self.0);
+        }
+        let head: String = self.0.chars().take(Self::HEAD).collect();
+        write!(f, "{:?}... ({} bytes)", head, self.0.len())
+    }
+}
+
 /// Why a label set was refused. The running set is left as it was.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LabelError {
@@ -207,13 +230,16 @@ pub enum LabelError {
     #[error("a label name is empty")]
     EmptyName,
     /// A label's name starts or ends with whitespace.
-    #[error("label {0:?} starts or ends with whitespace")]
+    #[error("label {} starts or ends with whitespace", Quoted(.0))]
     Whitespace(String),
     /// Two labels share a name.
-    #[error("label {0:?} appears more than once")]
+    #[error("label {} appears more than once", Quoted(.0))]
     Duplicate(String),
     /// A label carries too many prompts.
-    #[error("label {label:?} has {count} prompts: at most {max} are allowed")]
+    #[error(
+        "label {} has {count} prompts: at most {max} are allowed",
+        Quoted(label)
+    )]
     TooManyPrompts {
         /// The label.
         label: String,
@@ -223,14 +249,16 @@ pub enum LabelError {
         max: usize,
     },
     /// A label has an empty prompt.
-    #[error("label {0:?} has an empty prompt")]
+    #[error("label {} has an empty prompt", Quoted(.0))]
     EmptyPrompt(String),
     /// The template does not contain `{}` exactly once.
-    #[error("template {0:?} must contain {{}} exactly once")]
+    #[error("template {} must contain {{}} exactly once", Quoted(.0))]
     Template(String),
     /// A prompt is longer than the text tower's context.
     #[error(
-        "the prompt {prompt:?} of label {label:?} is {tokens} tokens, the model reads at most {max}"
+        "the prompt {} of label {} is {tokens} tokens, the model reads at most {max}",
+        Quoted(prompt),
+        Quoted(label)
     )]
     TooLong {
         /// The label.
@@ -243,7 +271,7 @@ pub enum LabelError {
         max: usize,
     },
     /// A removal names a label the set does not have.
-    #[error("the set has no label {0:?}")]
+    #[error("the set has no label {}", Quoted(.0))]
     NoSuchLabel(String),
     /// A scoring setting is out of range.
     #[error("{0}")]
@@ -253,6 +281,20 @@ pub enum LabelError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_text_is_quoted_by_its_start_and_length() {
+        assert_eq!(Quoted("a cat").to_string(), "\"a cat\"");
+        let exact = "x".repeat(Quoted::LIMIT);
+        assert_eq!(Quoted(&exact).to_string(), format!("{exact:?}"));
+        // Multi-byte characters are cut whole.
+        let long = "é".repeat(10_000);
+        let shown = Quoted(&long).to_string();
+        assert!(shown.starts_with(&format!("\"{}", "é".repeat(Quoted::HEAD))));
+        assert!(shown.ends_with("... (20000 bytes)"), "{shown}");
+        let error = LabelError::Duplicate(long).to_string();
+        assert!(error.len() < 200, "{error}");
+    }
 
     fn spec(names: &[&str]) -> LabelSetSpec {
         LabelSetSpec::from_names(names)

@@ -1,0 +1,148 @@
+//! What the end-to-end tests and the soak run share: finding the built `cliptag` binary,
+//! starting `cliptag run` and reading where it serves, the Python client's interpreter,
+//! and reading a process's resources from `/proc`.
+//!
+//! The tests run the binaries `cargo test --workspace` builds (as `./x test` runs it);
+//! `cargo build -p cliptag-cli` first when running this package's tests alone.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The `cliptag` binary built beside the running executable (`target/<profile>/`).
+pub fn cliptag_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // Tests run from target/<profile>/deps/, programs from target/<profile>/.
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("cliptag"))
+        .collect::<Vec<_>>();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no cliptag binary in {candidates:?}: build it first (cargo build -p cliptag-cli; \
+                 ./x test and cargo test --workspace do)"
+            )
+        })
+}
+
+/// A `cliptag run` child, the address it serves on, and what it writes to stderr.
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    /// `host:port` it serves gRPC on.
+    pub address: String,
+    /// Its stderr, line by line.
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// `cliptag run --grpc 127.0.0.1:0 <args>`, its stdout as `stdout` says; returns once
+    /// it says where it serves.
+    pub fn start(args: &[&str], stdout: Stdio) -> Self {
+        let mut child = Command::new(cliptag_bin())
+            .args(["run", "--grpc", "127.0.0.1:0"])
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cliptag run");
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut address = None;
+        while address.is_none() {
+            let line = stderr
+                .recv_timeout(Duration::from_secs(120))
+                .expect("cliptag run says where it serves");
+            address = line
+                .strip_prefix("cliptag: serving cliptag.v1 on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(String::from);
+        }
+        Self {
+            child,
+            address: address.unwrap_or_default(),
+            stderr,
+        }
+    }
+
+    /// SIGINT, as Ctrl-C sends; the exit status and the rest of stderr.
+    pub fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        // The reader thread ends at the end of the pipe: every line is in.
+        let rest = self.stderr.iter().collect();
+        (exit, rest)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python with grpcio that `./x test` prepares (`CLIPTAG_TEST_PYTHON`).
+pub fn python() -> PathBuf {
+    match std::env::var_os("CLIPTAG_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "CLIPTAG_TEST_PYTHON is not set: `./x test` sets it to a Python with grpcio, \
+             grpcio-tools, grpcio-health-checking and grpcio-reflection"
+        ),
+    }
+}
+
+/// What a process holds: resident memory, threads, open file descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// Threads.
+    pub threads: usize,
+    /// Open file descriptors.
+    pub fds: usize,
+}
+
+/// Reads `pid`'s resources from `/proc` (`None` once it has exited).
+pub fn resources(pid: u32) -> Option<Resources> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let status = std::fs::read_to_string(proc.join("status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(Resources {
+        rss_kib: field("VmRSS:")?,
+        threads: field("Threads:")? as usize,
+        fds: std::fs::read_dir(proc.join("fd")).ok()?.count(),
+    })
+}
