@@ -448,3 +448,70 @@ fn gray8_frames_are_tagged() {
         "{tops:?}"
     );
 }
+
+/// Pixels that count how many frames are alive.
+struct Counted {
+    data: Vec<u8>,
+    live: Arc<AtomicI64>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl AsMut<[u8]> for Counted {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Async mode keeps no frame once it has gone downstream and the engine is done with it.
+#[test]
+fn async_mode_keeps_no_frame_it_has_passed_on() {
+    let _serial = serial();
+    init();
+    let mut h = gst_check::Harness::new("cliptag");
+    h.element()
+        .expect("element")
+        .set_property_from_str("mode", "async");
+    h.set_src_caps_str("video/x-raw,format=RGB,width=64,height=48,framerate=30/1");
+    h.play();
+    let live = Arc::new(AtomicI64::new(0));
+    for i in 0..200u64 {
+        live.fetch_add(1, Ordering::SeqCst);
+        let mut buffer = gst::Buffer::from_mut_slice(Counted {
+            data: vec![128; 64 * 48 * 3],
+            live: live.clone(),
+        });
+        buffer
+            .get_mut()
+            .expect("writable")
+            .set_pts(gst::ClockTime::from_mseconds(i * 33));
+        assert_eq!(h.push(buffer), Ok(gst::FlowSuccess::Ok));
+        drop(h.pull().expect("passed on at once"));
+        // Paced a little, so that the engine infers many of them.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = h
+        .element()
+        .expect("element")
+        .property::<gst::Structure>("stats");
+    assert!(stats.get::<u64>("inferred").unwrap_or(0) > 0, "{stats}");
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "frames passed on are still held while the element runs: {stats}"
+    );
+}
