@@ -1,6 +1,7 @@
-//! Sync mode's flow in the pipelines people write: a file source faster than a
+//! The element's flow in the pipelines people write: a file source faster than a
 //! clock-synchronised sink, flushing seeks while a file plays, serialized events with
-//! every frame, a new stream after EOS, and inference that breaks.
+//! every frame, a new stream after EOS, inference that breaks, and in async mode, what
+//! happens to frames once they have gone downstream.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
