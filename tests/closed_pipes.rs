@@ -9,7 +9,7 @@ use cliptag_end_to_end::{Running, cliptag_bin};
 
 /// Reads `n` lines of the child's stdout, closes it, and waits (at most a minute) for
 /// the child to exit; its exit code and stderr.
-fn read_then_close(mut child: Child, n: usize) -> (Option<i32>, String) {
+fn read_then_close(child: &mut Child, n: usize) -> (Option<i32>, String) {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     for i in 0..n {
@@ -53,11 +53,7 @@ fn run_piped_to_head_exits_quietly() {
         ],
         Stdio::piped(),
     );
-    let child = std::mem::replace(
-        &mut run.child,
-        Command::new("true").spawn().expect("placeholder"),
-    );
-    let (code, _) = read_then_close(child, 3);
+    let (code, _) = read_then_close(&mut run.child, 3);
     // stderr stays with `run`'s reader thread: look there for a panic.
     let rest: Vec<String> = run.stderr.try_iter().collect();
     quiet((code, rest.join("\n")), "cliptag run | head -3");
@@ -76,13 +72,13 @@ fn watch_streams_and_labels_piped_to_a_closed_reader_exit_quietly() {
         ],
         Stdio::null(),
     );
-    let watch = Command::new(cliptag_bin())
+    let mut watch = Command::new(cliptag_bin())
         .args(["watch", "--server", &run.address, "--all"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("watch");
-    quiet(read_then_close(watch, 3), "cliptag watch | head -3");
+    quiet(read_then_close(&mut watch, 3), "cliptag watch | head -3");
     for args in [
         vec!["streams", "--server", &run.address],
         vec!["labels", "get", "--server", &run.address],

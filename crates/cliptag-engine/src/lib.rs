@@ -57,5 +57,5 @@ pub use label_spec::{
 };
 pub use results::{Completion, EventKind, FrameResult, LabelEvent, LabelScore};
 pub use stats::StreamStats;
-pub use stream::{Action, Overload, ResultCallback, StreamConfig};
+pub use stream::{Overload, ResultCallback, StreamConfig};
 pub use tracker::Smoothing;

@@ -74,7 +74,7 @@ impl Default for StreamConfig {
 pub type ResultCallback = Arc<dyn Fn(Completion) + Send + Sync>;
 
 /// Work queued behind the frames submitted before it (see [`Stream::after_frames`](crate::Stream::after_frames)).
-pub type Action = Box<dyn FnOnce() + Send>;
+pub(crate) type Action = Box<dyn FnOnce() + Send>;
 
 /// What the delivering thread hands to the stream's owner, in order.
 enum Delivery {

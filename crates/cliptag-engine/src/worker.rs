@@ -156,17 +156,13 @@ fn infer(inner: &Inner, batch: &mut Batch) {
     batch.reverse();
     let mut outcomes = outcomes.into_iter().zip(&ids);
     while let Some((stream, job)) = batch.pop() {
-        let Some((prep, id)) = outcomes.next() else {
-            break;
-        };
-        let row = rows.next();
-        match (prep, row) {
-            (Ok(()), Some(row)) => {
+        match (outcomes.next(), rows.next()) {
+            (Some((Ok(()), id)), Some(row)) => {
                 let set = sets.get(id.as_str()).cloned().flatten();
                 stream.complete(job, Arc::from(row), set.as_ref(), id, n);
             }
-            (Err(e), _) => stream.fail(job, e),
-            (Ok(()), None) => stream.abort(
+            (Some((Err(e), _)), _) => stream.fail(job, e),
+            _ => stream.abort(
                 job,
                 Arc::from("inference failed: the model returned too few rows"),
             ),

@@ -34,8 +34,8 @@ use gst::subclass::prelude::*;
 
 use super::outbound::{Item, Next, Outbound};
 use super::settings::{
-    self, Mode, Overload, PROPERTIES, Scoring, Settings, check_device, check_dtype, optional_text,
-    split_labels,
+    self, Mode, Overload, PROPERTIES, Scoring, Settings, check_device, check_dtype, checked_text,
+    optional_text, split_labels,
 };
 use crate::frame::{self, MappedFrame};
 use crate::meta;
@@ -678,6 +678,16 @@ impl Cliptag {
 
     // ------------------------------------------------------------------ properties
 
+    /// A property value not taken: logged, and posted as a warning when there is a bus.
+    fn refuse(&self, name: &str, reason: &str) {
+        gst::warning!(CAT, imp = self, "{name} not changed: {reason}");
+        gst::element_imp_warning!(
+            self,
+            gst::LibraryError::Settings,
+            ["property {name} not changed: {reason}"]
+        );
+    }
+
     /// Re-sends the label set after a label or scoring property changed while running.
     /// Applies a label property that was just set (`changed`) to the running stream's
     /// label set: only that property changes, whatever gRPC clients changed stays.
@@ -847,17 +857,11 @@ impl ObjectImpl for Cliptag {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
         let state = self.obj().current_state();
-        if state > settings::mutable_until(pspec) {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "{name} cannot change in {state:?} (only up to {:?}): kept as it was",
-                settings::mutable_until(pspec)
-            );
-            gst::element_imp_warning!(
-                self,
-                gst::LibraryError::Settings,
-                ["property {name} cannot change in {state:?}; kept as it was"]
+        let until = settings::mutable_until(pspec);
+        if state > until {
+            self.refuse(
+                name,
+                &format!("it cannot change in {state:?}, only up to {until:?}"),
             );
             return;
         }
@@ -868,29 +872,17 @@ impl ObjectImpl for Cliptag {
             match name {
                 "model" => s.model = optional_text(value).map(Into::into),
                 "device" | "dtype" => {
-                    let text = optional_text(value).unwrap_or_else(|| {
-                        if name == "device" {
-                            settings::DEFAULT_DEVICE.into()
-                        } else {
-                            settings::DEFAULT_DTYPE.into()
-                        }
-                    });
                     let checked = if name == "device" {
-                        check_device(&text)
+                        checked_text(value, settings::DEFAULT_DEVICE, check_device)
                     } else {
-                        check_dtype(&text)
+                        checked_text(value, settings::DEFAULT_DTYPE, check_dtype)
                     };
                     match checked {
-                        Ok(()) if name == "device" => s.device = text,
-                        Ok(()) => s.dtype = text,
+                        Ok(text) if name == "device" => s.device = text,
+                        Ok(text) => s.dtype = text,
                         Err(e) => {
                             drop(s);
-                            gst::warning!(CAT, imp = self, "{name} not changed: {e}");
-                            gst::element_imp_warning!(
-                                self,
-                                gst::LibraryError::Settings,
-                                ["{name} not changed: {e}"]
-                            );
+                            self.refuse(name, &e);
                             return;
                         }
                     }

@@ -166,6 +166,16 @@ pub fn optional_text(value: &glib::Value) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// A string property's value passed through `check`; NULL or empty gives `default`.
+pub fn checked_text(
+    value: &glib::Value,
+    default: &str,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Result<String, String> {
+    let text = optional_text(value).unwrap_or_else(|| default.to_string());
+    check(&text).map(|()| text)
+}
+
 /// Checks a `dtype` value before it is taken.
 pub fn check_dtype(value: &str) -> Result<(), String> {
     if value.trim() == "auto" {
