@@ -1,4 +1,5 @@
-//! The GStreamer plugin `cliptag` (`libgstcliptag.so`) with the element `cliptag`, and a
+//! The GStreamer plugin `cliptag` (`libgstcliptag.so`) with the elements `cliptag` and
+//! `cliptagoverlay` (draws the labels onto the frames), and a
 //! small API to read the labels it attaches ([`meta::read`]).
 //!
 //! Build it with `cargo build -p gst-cliptag` and point `GST_PLUGIN_PATH` at
@@ -12,12 +13,14 @@
 pub mod element;
 pub mod frame;
 pub mod meta;
+pub mod overlay;
 
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     meta::register();
-    element::register(plugin)
+    element::register(plugin)?;
+    overlay::register(plugin)
 }
 
 /// The plugin's entry points (`gst_plugin_cliptag_get_desc` for the dynamic library).

@@ -71,12 +71,23 @@ pub fn structure(result: &FrameResult, model: &str) -> gst::Structure {
 
 /// Attaches the result to a buffer.
 pub fn attach(buffer: &mut gst::BufferRef, result: &FrameResult, model: &str) {
+    attach_structure(buffer, &structure(result, model));
+}
+
+/// Attaches labels made elsewhere (another model, a replay, a test) to a buffer, in the
+/// form the cliptag element attaches its own: `cliptagoverlay` and every reader of the
+/// meta treat them alike.
+pub fn attach_tags(buffer: &mut gst::BufferRef, tags: &Tags) {
+    attach_structure(buffer, &tags.structure());
+}
+
+fn attach_structure(buffer: &mut gst::BufferRef, structure: &gst::Structure) {
     register();
     let Ok(mut meta) = gst::meta::CustomMeta::add(buffer, META_NAME) else {
         return;
     };
     let s = meta.mut_structure();
-    for (name, value) in structure(result, model).iter() {
+    for (name, value) in structure.iter() {
         s.set_value(name, value.clone());
     }
 }
@@ -110,6 +121,32 @@ impl Tags {
     /// The best label.
     pub fn top(&self) -> Option<&str> {
         self.labels.first().map(|(l, _)| l.as_str())
+    }
+
+    /// The `cliptag` structure holding these tags (the inverse of [`Tags::from_structure`]).
+    pub fn structure(&self) -> gst::Structure {
+        gst::Structure::builder(STRUCTURE_NAME)
+            .field(
+                "labels",
+                gst::Array::new(self.labels.iter().map(|(l, _)| l.clone())),
+            )
+            .field(
+                "scores",
+                gst::Array::new(self.labels.iter().map(|(_, s)| *s)),
+            )
+            .field("label-set", &self.label_set)
+            .field("version", self.version)
+            .field("frame", self.frame)
+            .field(
+                "computed-for",
+                self.computed_for.map_or(-1i64, |f| f as i64),
+            )
+            .field("stale", self.stale)
+            .field("latency", self.latency_ns)
+            .field("model", &self.model)
+            .field("stream-id", &self.stream_id)
+            .field("events", gst::Array::new(self.events.iter().cloned()))
+            .build()
     }
 
     /// Reads the fields of a `cliptag` structure (from a meta or a message).
