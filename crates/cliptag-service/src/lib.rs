@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod console;
 mod convert;
 mod detections;
 mod hub;

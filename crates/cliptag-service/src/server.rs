@@ -56,7 +56,7 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The address does not parse.
-    #[error("invalid gRPC address {address:?}: {reason}")]
+    #[error("invalid address {address:?}: {reason}")]
     Address {
         /// As given.
         address: String,
@@ -78,7 +78,7 @@ pub enum ServerError {
     #[error("a gRPC server already runs on {0} with another token or TLS setting")]
     Conflict(String),
     /// The runtime could not start.
-    #[error("cannot start the gRPC runtime: {0}")]
+    #[error("cannot start the server's runtime: {0}")]
     Runtime(std::io::Error),
 }
 

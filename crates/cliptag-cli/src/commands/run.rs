@@ -1,5 +1,6 @@
 //! `cliptag run`: the main job. A pipeline `source ! cliptag ! fakesink` with the gRPC
-//! service beside it, printing tags as they change, until the input ends or Ctrl-C.
+//! service beside it (and the web console with --http), printing tags as they change,
+//! until the input ends or Ctrl-C.
 
 use crate::output::outln;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cliptag_engine::{Engine, FrameResult, Received};
+use cliptag_service::console::{Console, ConsoleConfig, Snapshots};
 use cliptag_service::{Server, ServerConfig, TlsFiles};
 use gst::prelude::*;
 use serde_json::json;
@@ -73,6 +75,13 @@ pub struct Args {
     /// Print every tag change as one JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Serve the web console here: host:port, or a bare port on 127.0.0.1 (0 picks a
+    /// free port). Label changes from it need --token when one is set.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Pictures a second the console shows of the stream (with the labels drawn on).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=30))]
+    http_fps: u32,
 }
 
 fn source_description(args: &Args) -> Result<String> {
@@ -140,10 +149,23 @@ pub fn run(args: Args) -> Result<()> {
             .map(|(cert, key)| TlsFiles { cert, key }),
     })
     .context("cannot start the gRPC server")?;
-    let description = format!(
-        "{} ! cliptag name=tag ! fakesink sync=true",
-        source_description(&args)?
-    );
+    let description = match &args.http {
+        None => format!(
+            "{} ! cliptag name=tag ! fakesink sync=true",
+            source_description(&args)?
+        ),
+        // A second branch for the console's pictures: at most one frame waits there
+        // (older ones are dropped, never holding the tagging branch back), thinned to
+        // --http-fps before the overlay draws on it and it is encoded.
+        Some(_) => format!(
+            "{} ! cliptag name=tag ! tee name=split ! queue ! fakesink sync=true \
+             split. ! queue leaky=downstream max-size-buffers=1 \
+             ! videorate drop-only=true max-rate={} ! cliptagoverlay ! videoconvert \
+             ! jpegenc quality=80 ! appsink name=snapshots sync=false max-buffers=1 drop=true",
+            source_description(&args)?,
+            args.http_fps
+        ),
+    };
     let pipeline = gst::parse::launch(&description)
         .with_context(|| format!("cannot build the pipeline {description}"))?
         .downcast::<gst::Pipeline>()
@@ -173,6 +195,21 @@ pub fn run(args: Args) -> Result<()> {
         engine.model().source,
         labels.join(", ")
     );
+    let snapshots = Snapshots::new();
+    if let Some(sink) = pipeline.by_name("snapshots") {
+        deliver_snapshots(&sink, &snapshots, &args.stream_id)?;
+    }
+    let console = match &args.http {
+        Some(address) => Some(
+            Console::start(ConsoleConfig {
+                address: address.clone(),
+                token: args.token.clone(),
+                snapshots: snapshots.clone(),
+            })
+            .context("cannot start the web console")?,
+        ),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let reader_gone = Arc::new(AtomicBool::new(false));
     let printer = spawn_printer(&engine, args.json, stop.clone(), reader_gone.clone());
@@ -195,6 +232,18 @@ pub fn run(args: Args) -> Result<()> {
             ""
         }
     );
+
+    if let Some(console) = &console {
+        eprintln!(
+            "cliptag: web console on http://{}/{}",
+            console.local_addr(),
+            if args.token.is_some() {
+                " (token required for label changes)"
+            } else {
+                ""
+            }
+        );
+    }
 
     let interrupted = spawn_ctrl_c(&pipeline)?;
     let cycler = (args.input.is_none() && args.cycle > 0.0)
@@ -247,6 +296,7 @@ pub fn run(args: Args) -> Result<()> {
         let _ = c.join();
     }
     let _ = printer.join();
+    drop(console);
     drop(server);
     if let Some(s) = stats {
         let get = |k: &str| s.get::<u64>(k).unwrap_or(0);
@@ -259,6 +309,27 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     outcome
+}
+
+/// Puts every JPEG the pipeline's `snapshots` appsink makes on the console's board.
+fn deliver_snapshots(sink: &gst::Element, board: &Snapshots, stream: &str) -> Result<()> {
+    let sink = sink
+        .clone()
+        .downcast::<gst_app::AppSink>()
+        .map_err(|_| anyhow!("the snapshots element is not an appsink"))?;
+    let (board, stream) = (board.clone(), stream.to_string());
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok()) {
+                    board.put(&stream, map.as_slice().to_vec());
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    Ok(())
 }
 
 /// The first error on the bus, with its details.

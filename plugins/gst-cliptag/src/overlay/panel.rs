@@ -318,9 +318,19 @@ mod tests {
         assert_eq!((tl.width, tl.height), (br.width, br.height));
         assert!(tl.x < 40 && tl.y < 40);
         // The same margin on the far sides, give or take the rounding to even pixels.
-        assert!((1280 - br.x - br.width).abs_diff(tl.x) <= 2, "{tl:?} {br:?}");
-        assert!((720 - br.y - br.height).abs_diff(tl.y) <= 2, "{tl:?} {br:?}");
-        assert!([tl.x, tl.y, tl.width, tl.height, br.x, br.y].iter().all(|v| v % 2 == 0));
+        assert!(
+            (1280 - br.x - br.width).abs_diff(tl.x) <= 2,
+            "{tl:?} {br:?}"
+        );
+        assert!(
+            (720 - br.y - br.height).abs_diff(tl.y) <= 2,
+            "{tl:?} {br:?}"
+        );
+        assert!(
+            [tl.x, tl.y, tl.width, tl.height, br.x, br.y]
+                .iter()
+                .all(|v| v % 2 == 0)
+        );
         let more = panel_rect(1280, 720, 4, 0.045, Position::TopLeft).expect("fits");
         assert!(more.height > tl.height);
         assert_eq!(panel_rect(1280, 720, 0, 0.045, Position::TopLeft), None);

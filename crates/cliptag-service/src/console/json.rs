@@ -1,0 +1,335 @@
+//! The console's JSON shapes and their conversions to and from the `cliptag.v1` messages
+//! the service speaks: field names follow the proto; enums are lower-case words.
+
+use cliptag_proto::v1;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+/// A label and its prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Label {
+    pub name: String,
+    #[serde(default)]
+    pub prompts: Vec<String>,
+}
+
+/// A label set (`v1::LabelSet`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSet {
+    pub labels: Vec<Label>,
+    #[serde(default)]
+    pub template: String,
+    /// `softmax`, `sigmoid`, or empty / absent for the default.
+    #[serde(default)]
+    pub scoring: String,
+    #[serde(default)]
+    pub sigmoid_center: Option<f32>,
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    #[serde(default)]
+    pub top_k: u32,
+    #[serde(default)]
+    pub pool_frames: u32,
+}
+
+impl LabelSet {
+    pub fn into_proto(self) -> Result<v1::LabelSet, Status> {
+        let scoring = match self.scoring.as_str() {
+            "" => v1::Scoring::Unspecified,
+            "softmax" => v1::Scoring::Softmax,
+            "sigmoid" => v1::Scoring::Sigmoid,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "scoring {other:?}: expected softmax or sigmoid"
+                )));
+            }
+        };
+        Ok(v1::LabelSet {
+            labels: self.labels.into_iter().map(Label::into_proto).collect(),
+            template: self.template,
+            scoring: scoring as i32,
+            sigmoid_center: self.sigmoid_center,
+            threshold: self.threshold,
+            top_k: self.top_k,
+            pool_frames: self.pool_frames,
+        })
+    }
+
+    pub fn from_proto(set: v1::LabelSet) -> Self {
+        let scoring = match v1::Scoring::try_from(set.scoring) {
+            Ok(v1::Scoring::Sigmoid) => "sigmoid",
+            _ => "softmax",
+        };
+        Self {
+            labels: set
+                .labels
+                .into_iter()
+                .map(|l| Label {
+                    name: l.name,
+                    prompts: l.prompts,
+                })
+                .collect(),
+            template: set.template,
+            scoring: scoring.to_string(),
+            sigmoid_center: set.sigmoid_center,
+            threshold: set.threshold,
+            top_k: set.top_k,
+            pool_frames: set.pool_frames,
+        }
+    }
+}
+
+impl Label {
+    fn into_proto(self) -> v1::Label {
+        v1::Label {
+            name: self.name,
+            prompts: self.prompts,
+        }
+    }
+}
+
+/// `PUT /api/labels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetLabels {
+    #[serde(default)]
+    pub stream: String,
+    pub labels: LabelSet,
+    #[serde(default)]
+    pub if_version: Option<u64>,
+}
+
+impl SetLabels {
+    pub fn into_proto(self) -> Result<v1::SetLabelsRequest, Status> {
+        Ok(v1::SetLabelsRequest {
+            stream: self.stream,
+            labels: Some(self.labels.into_proto()?),
+            if_version: self.if_version,
+        })
+    }
+}
+
+/// `POST /api/labels/update`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLabels {
+    #[serde(default)]
+    pub stream: String,
+    #[serde(default)]
+    pub add: Vec<Label>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub if_version: Option<u64>,
+}
+
+impl UpdateLabels {
+    pub fn into_proto(self) -> v1::UpdateLabelsRequest {
+        v1::UpdateLabelsRequest {
+            stream: self.stream,
+            add: self.add.into_iter().map(Label::into_proto).collect(),
+            remove: self.remove,
+            if_version: self.if_version,
+        }
+    }
+}
+
+/// A stream's label set as it runs (`v1::LabelSetState`).
+#[derive(Debug, Serialize)]
+pub struct SetState {
+    pub stream: String,
+    pub label_set: String,
+    pub version: u64,
+    pub labels: Option<LabelSet>,
+}
+
+/// The sets a read or a change returns.
+#[derive(Debug, Serialize)]
+pub struct Sets {
+    pub sets: Vec<SetState>,
+}
+
+impl Sets {
+    pub fn from_proto(sets: Vec<v1::LabelSetState>) -> Self {
+        Self {
+            sets: sets
+                .into_iter()
+                .map(|s| SetState {
+                    stream: s.stream,
+                    label_set: s.label_set,
+                    version: s.version,
+                    labels: s.labels.map(LabelSet::from_proto),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A stream's counters (`v1::StreamStats`, without the batch histogram).
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub frames_in: u64,
+    pub inferred: u64,
+    pub skipped: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    pub queue_depth: u64,
+    pub pending: u64,
+    pub batch_sizes: Vec<u64>,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub last_error: String,
+}
+
+/// A running stream (`v1::StreamInfo`).
+#[derive(Debug, Serialize)]
+pub struct Stream {
+    pub id: String,
+    pub model: String,
+    pub label_set: String,
+    pub label_set_version: u64,
+    pub stats: Option<Stats>,
+}
+
+/// `GET /api/streams`.
+#[derive(Debug, Serialize)]
+pub struct Streams {
+    pub streams: Vec<Stream>,
+}
+
+impl Streams {
+    pub fn from_proto(reply: v1::ListStreamsResponse) -> Self {
+        Self {
+            streams: reply
+                .streams
+                .into_iter()
+                .map(|s| Stream {
+                    id: s.id,
+                    model: s.model,
+                    label_set: s.label_set,
+                    label_set_version: s.label_set_version,
+                    stats: s.stats.map(|t| Stats {
+                        frames_in: t.frames_in,
+                        inferred: t.inferred,
+                        skipped: t.skipped,
+                        dropped: t.dropped,
+                        failed: t.failed,
+                        queue_depth: t.queue_depth,
+                        pending: t.pending,
+                        batch_sizes: t.batch_sizes,
+                        latency_p50_us: t.latency_p50_us,
+                        latency_p99_us: t.latency_p99_us,
+                        last_error: t.last_error,
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A label and its score.
+#[derive(Debug, Serialize)]
+pub struct Score {
+    pub label: String,
+    pub score: f32,
+}
+
+/// A start or end event.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub label: String,
+    /// `start` or `end`.
+    pub kind: &'static str,
+    pub score: f32,
+}
+
+/// One frame's result (`v1::Detection`), as a server-sent event `detection`.
+#[derive(Debug, Serialize)]
+pub struct Detection {
+    pub stream: String,
+    pub frame: u64,
+    pub pts_ns: Option<u64>,
+    pub running_time_ns: Option<u64>,
+    pub label_set: String,
+    pub label_set_version: u64,
+    pub labels: Vec<Score>,
+    pub stale: bool,
+    pub computed_for: Option<u64>,
+    pub latency_us: u64,
+    pub events: Vec<Event>,
+}
+
+impl Detection {
+    pub fn from_proto(d: v1::Detection) -> Self {
+        Self {
+            stream: d.stream,
+            frame: d.frame,
+            pts_ns: d.pts_ns,
+            running_time_ns: d.running_time_ns,
+            label_set: d.label_set,
+            label_set_version: d.label_set_version,
+            labels: d
+                .labels
+                .into_iter()
+                .map(|l| Score {
+                    label: l.label,
+                    score: l.score,
+                })
+                .collect(),
+            stale: d.stale,
+            computed_for: d.computed_for,
+            latency_us: d.latency_us,
+            events: d
+                .events
+                .into_iter()
+                .map(|e| Event {
+                    kind: match v1::label_event::Kind::try_from(e.kind) {
+                        Ok(v1::label_event::Kind::End) => "end",
+                        _ => "start",
+                    },
+                    label: e.label,
+                    score: e.score,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The body of every error: the gRPC status code's name and the service's message.
+#[derive(Debug, Serialize)]
+pub struct Error {
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_set_survives_the_round_trip_and_bad_scoring_is_refused() {
+        let json = serde_json::json!({
+            "labels": [{"name": "a cat", "prompts": ["a photo of a cat"]}, {"name": "a dog"}],
+            "template": "a photo of {}", "scoring": "sigmoid", "threshold": 0.4, "top_k": 2
+        });
+        let set: LabelSet = serde_json::from_value(json).expect("parses");
+        let proto = set.clone().into_proto().expect("converts");
+        assert_eq!(proto.scoring, v1::Scoring::Sigmoid as i32);
+        assert_eq!(proto.labels[1].prompts, Vec::<String>::new());
+        assert_eq!(LabelSet::from_proto(proto), set);
+        let bad = LabelSet {
+            scoring: "argmax".into(),
+            ..set
+        };
+        let err = bad.into_proto().expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let unknown = serde_json::from_value::<SetLabels>(serde_json::json!({
+            "labels": {"labels": []}, "if_versoin": 3
+        }));
+        assert!(
+            unknown.is_err(),
+            "a misspelt field is an error, not ignored"
+        );
+    }
+}

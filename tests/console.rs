@@ -1,0 +1,200 @@
+//! The web console in a real browser: Debian's headless Chromium loads the page that
+//! `cliptag run --http` serves, sees the labels of a live test pattern change and its
+//! picture and counters arrive, is refused an edit without the token, makes one with
+//! it and sees the version move and the tags follow, and gets the server's conflict
+//! message (and the current set) on a stale edit, the edit's text kept.
+//!
+//! With `CLIPTAG_SCREENSHOT_DIR` set, it saves the page as `console.png` there
+//! (`./x screenshots`).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use cliptag_end_to_end::Running;
+use cliptag_end_to_end::browser::{Browser, browser_path};
+use serde_json::Value;
+
+const TOKEN: &str = "console-test-token";
+
+/// The console's address, from `cliptag run`'s stderr.
+fn console_url(run: &Running) -> String {
+    loop {
+        let line = run
+            .stderr
+            .recv_timeout(Duration::from_secs(60))
+            .expect("cliptag run says where the console is");
+        if let Some(rest) = line.strip_prefix("cliptag: web console on ") {
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
+}
+
+/// JavaScript: the first label in the "Now" list.
+const TOP_LABEL: &str = "(() => { const e = document.querySelector('#now [data-label]'); return e && e.dataset.label; })()";
+
+fn number(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().map(|f| f as u64))
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_console_shows_live_labels_edits_them_and_reports_conflicts() {
+    let chromium =
+        browser_path().expect("no Chromium: ./x test installs Debian's chromium-headless-shell");
+    let run = Running::start(
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--stream-id",
+            "cam",
+            "--cycle",
+            "2",
+            "--duration",
+            "180",
+        ],
+        Stdio::null(),
+    );
+    let url = console_url(&run);
+    let mut b = Browser::start(&chromium, 1280, 1000).expect("the browser starts");
+    b.navigate(&url).expect("the page loads");
+    let long = Duration::from_secs(60);
+
+    // Live labels, changing as the test pattern does.
+    let first = b.wait_for(TOP_LABEL, long).expect("labels arrive");
+    let next = b
+        .wait_for(
+            &format!("(() => {{ const l = {TOP_LABEL}; return l && l !== {first} && l; }})()"),
+            long,
+        )
+        .expect("the top label changes with the pattern");
+    assert_ne!(first, next);
+    b.wait_for("document.getElementById('snapshot').naturalWidth > 0", long)
+        .expect("the stream's picture shows");
+    b.wait_for(
+        "Number(document.querySelector('[data-stat=frames_in]').textContent.replace(/[^0-9]/g, '')) > 0",
+        long,
+    )
+    .expect("the counters show");
+    let v0 = number(
+        &b.wait_for(
+            "Number(document.getElementById('labels-version').textContent) || null",
+            long,
+        )
+        .expect("the label set shows"),
+    );
+    assert!(v0 >= 1);
+
+    // Without the token: refused, with the server's message.
+    let add = "(() => {
+        document.getElementById('add-name').value = 'concentric circles';
+        document.getElementById('add-button').click();
+        return true; })()";
+    b.eval(add).expect("add without the token");
+    let message = b
+        .wait_for(
+            "(() => { const m = document.getElementById('message');
+                      return !m.hidden && m.classList.contains('error')
+                          && m.textContent.includes('UNAUTHENTICATED') && m.textContent; })()",
+            long,
+        )
+        .expect("the refusal shows");
+    assert!(message.to_string().contains("token"), "{message}");
+    assert_eq!(
+        number(
+            &b.eval("Number(document.getElementById('labels-version').textContent)")
+                .expect("version")
+        ),
+        v0,
+        "nothing changed"
+    );
+
+    // With the token: the version moves and the detections follow.
+    b.eval(&format!(
+        "(() => {{ const t = document.getElementById('token'); t.value = '{TOKEN}';
+                   t.dispatchEvent(new Event('input')); return true; }})()"
+    ))
+    .expect("type the token");
+    b.eval(add).expect("add with the token");
+    let v1 = v0 + 1;
+    b.wait_for(
+        &format!("Number(document.getElementById('labels-version').textContent) === {v1}"),
+        long,
+    )
+    .expect("the set's version moves");
+    b.wait_for(
+        &format!(
+            "(() => {{ const s = window.cliptagConsole.state(); return s.version === {v1}
+                 && document.querySelector('#now [data-label=\"concentric circles\"]') !== null; }})()"
+        ),
+        long,
+    )
+    .expect("the tags follow the new set");
+    b.wait_for(
+        "document.querySelector('#label-list [data-label=\"concentric circles\"]') !== null",
+        long,
+    )
+    .expect("the new label is listed");
+    if let Some(dir) = std::env::var_os("CLIPTAG_SCREENSHOT_DIR") {
+        // A moment for the picture to show the new set too.
+        std::thread::sleep(Duration::from_secs(2));
+        let png = b.screenshot().expect("a screenshot");
+        std::fs::write(std::path::Path::new(&dir).join("console.png"), png)
+            .expect("write the screenshot");
+    }
+
+    // A stale edit: another operator changes the set (over the same API, with the
+    // token) just before this page sends its replacement with the version it shows.
+    let typed = "a moving ball\\ntv static\\na red screen";
+    let outcome = b
+        .eval(&format!(
+            "(async () => {{
+                document.getElementById('replace-text').value = '{typed}';
+                const other = await fetch('/api/labels/update', {{
+                    method: 'POST',
+                    headers: {{'content-type': 'application/json', 'authorization': 'Bearer {TOKEN}'}},
+                    body: JSON.stringify({{stream: 'cam', add: [{{name: 'a pinwheel'}}], if_version: {v1}}}),
+                }});
+                document.getElementById('replace-button').click();
+                return other.status;
+            }})()"
+        ))
+        .expect("the two edits");
+    assert_eq!(number(&outcome), 200, "the other operator's edit");
+    let conflict = b
+        .wait_for(
+            "(() => { const m = document.getElementById('message');
+                      return m.classList.contains('error')
+                          && m.textContent.includes('FAILED_PRECONDITION') && m.textContent; })()",
+            long,
+        )
+        .expect("the conflict shows");
+    assert!(conflict.to_string().contains("version"), "{conflict}");
+    let v2 = v1 + 1;
+    b.wait_for(
+        &format!(
+            "Number(document.getElementById('labels-version').textContent) === {v2}
+             && document.querySelector('#label-list [data-label=\"a pinwheel\"]') !== null"
+        ),
+        long,
+    )
+    .expect("the current set shows after the conflict");
+    let kept = b
+        .eval("document.getElementById('replace-text').value")
+        .expect("the editor");
+    assert_eq!(
+        kept.as_str(),
+        Some("a moving ball\ntv static\na red screen"),
+        "the edit's text is kept"
+    );
+    drop(b);
+    let (status, _) = run.interrupt();
+    assert!(status.success(), "{status}");
+}
