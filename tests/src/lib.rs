@@ -1,6 +1,7 @@
 //! What the end-to-end tests and the soak run share: finding the built `cliptag` binary,
 //! starting `cliptag run` and reading where it serves, the Python client's interpreter,
-//! and reading a process's resources from `/proc`.
+//! reading a process's resources from `/proc`, the plugin for `GST_PLUGIN_PATH`, and a
+//! headless browser ([`browser`]).
 //!
 //! The tests run the binaries `cargo test --workspace` builds (as `./x test` runs it);
 //! `cargo build -p cliptag-cli` first when running this package's tests alone.
@@ -147,4 +148,29 @@ pub fn resources(pid: u32) -> Option<Resources> {
         threads: field("Threads:")? as usize,
         fds: std::fs::read_dir(proc.join("fd")).ok()?.count(),
     })
+}
+
+/// A directory holding only the plugin (`libgstcliptag.so`), for `GST_PLUGIN_PATH`, and
+/// a registry file of its own for `GST_REGISTRY`: cargo builds the library next to the
+/// tests in `deps/`, among files GStreamer must not scan.
+pub fn plugin_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let candidates: Vec<PathBuf> = exe
+            .ancestors()
+            .skip(1)
+            .take(2)
+            .map(|dir| dir.join("libgstcliptag.so"))
+            .collect();
+        let lib = candidates
+            .iter()
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("no libgstcliptag.so in {candidates:?}"));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::copy(lib, dir.path().join("libgstcliptag.so")).expect("copy the plugin");
+        dir
+    })
+    .path()
+    .to_path_buf()
 }
