@@ -198,3 +198,169 @@ fn the_console_shows_live_labels_edits_them_and_reports_conflicts() {
     let (status, _) = run.interrupt();
     assert!(status.success(), "{status}");
 }
+
+/// One HTTP/1.1 request on its own connection: the status and the body.
+fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the console");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    conn.write_all(request.as_bytes()).expect("send");
+    conn.write_all(body).expect("send the body");
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete reply");
+    let head = String::from_utf8_lossy(&reply[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, reply[split + 4..].to_vec())
+}
+
+/// The error body's code.
+fn code(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .map(|v| v["code"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).to_string())
+}
+
+#[test]
+fn the_console_api_answers_with_the_services_status_codes() {
+    let run = Running::start(
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--stream-id",
+            "cam",
+        ],
+        Stdio::null(),
+    );
+    let url = console_url(&run);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let json = "content-type: application/json";
+    let bearer = format!("authorization: Bearer {TOKEN}");
+    let set = |if_version: u64, labels: &str| {
+        format!(
+            r#"{{"stream": "cam", "labels": {{"labels": [{labels}]}}, "if_version": {if_version}}}"#
+        )
+    };
+    let one = r#"{"name": "a moving ball"}, {"name": "tv static"}"#;
+
+    let (status, body) = http(&addr, "GET", "/api/info", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).expect("JSON")["token_required"],
+        true
+    );
+
+    let cases: Vec<(Vec<&str>, String, u16, &str)> = vec![
+        (vec![json], set(1, one), 401, "UNAUTHENTICATED"),
+        (
+            vec![json, "authorization: Bearer wrong"],
+            set(1, one),
+            401,
+            "UNAUTHENTICATED",
+        ),
+        (
+            vec![json, &bearer],
+            "{not json".into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            vec!["content-type: text/plain", &bearer],
+            set(1, one),
+            415,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            vec![json, &bearer],
+            r#"{"labels": 3}"#.into(),
+            422,
+            "INVALID_ARGUMENT",
+        ),
+        (vec![json, &bearer], set(1, ""), 400, "INVALID_ARGUMENT"),
+        (vec![json, &bearer], set(7, one), 409, "FAILED_PRECONDITION"),
+        (
+            vec![json, &bearer],
+            set(1, one).replace("\"cam\"", "\"nope\""),
+            404,
+            "NOT_FOUND",
+        ),
+    ];
+    for (headers, body, want, want_code) in &cases {
+        let (status, reply) = http(&addr, "PUT", "/api/labels", headers, body.as_bytes());
+        assert_eq!(
+            (status, code(&reply).as_str()),
+            (*want, *want_code),
+            "{headers:?} {body}"
+        );
+    }
+    let (status, reply) = http(
+        &addr,
+        "PUT",
+        "/api/labels",
+        &[json, &bearer],
+        &vec![b' '; 2 << 20],
+    );
+    assert_eq!(
+        (status, code(&reply).as_str()),
+        (413, "RESOURCE_EXHAUSTED"),
+        "an oversized body"
+    );
+    // Nothing above changed the set.
+    let (_, labels) = http(&addr, "GET", "/api/labels?stream=cam", &[], b"");
+    let labels: Value = serde_json::from_slice(&labels).expect("JSON");
+    assert_eq!(labels["sets"][0]["version"], 1, "{labels}");
+    // The right edit goes through.
+    let (status, reply) = http(
+        &addr,
+        "PUT",
+        "/api/labels",
+        &[json, &bearer],
+        set(1, one).as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    let reply: Value = serde_json::from_slice(&reply).expect("JSON");
+    assert_eq!(reply["sets"][0]["version"], 2);
+
+    let (status, reply) = http(&addr, "GET", "/api/streams/nope/snapshot.jpg", &[], b"");
+    assert_eq!((status, code(&reply).as_str()), (404, "NOT_FOUND"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, jpeg) = http(&addr, "GET", "/api/streams/cam/snapshot.jpg", &[], b"");
+        if status == 200 {
+            assert!(jpeg.starts_with(&[0xff, 0xd8]), "a JPEG");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no picture of the stream"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, streams) = http(&addr, "GET", "/api/streams", &[], b"");
+    let streams: Value = serde_json::from_slice(&streams).expect("JSON");
+    assert_eq!(streams["streams"][0]["id"], "cam", "{streams}");
+    let (exit, _) = run.interrupt();
+    assert!(exit.success());
+}

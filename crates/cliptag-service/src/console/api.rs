@@ -65,13 +65,18 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// A service error as HTTP: the status that means the same, and a JSON body with the
-/// gRPC code's name and the service's message.
-pub struct ApiError(Status);
+/// An error as HTTP: a JSON body with the gRPC code's name and the message.
+pub enum ApiError {
+    /// The service refused: the HTTP status that means the same.
+    Service(Status),
+    /// The body is not what the route takes: axum's status for it (400 bad JSON, 413
+    /// too large, 415 not JSON, 422 the wrong shape).
+    Body(JsonRejection),
+}
 
 impl From<Status> for ApiError {
     fn from(status: Status) -> Self {
-        Self(status)
+        Self::Service(status)
     }
 }
 
@@ -115,20 +120,25 @@ fn code_name(code: Code) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json::Error {
-            code: code_name(self.0.code()),
-            message: self.0.message().to_string(),
+        let (status, code, message) = match self {
+            Self::Service(s) => (
+                http_status(s.code()),
+                code_name(s.code()),
+                s.message().to_string(),
+            ),
+            Self::Body(rejection) => {
+                let status = rejection.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    Code::ResourceExhausted
+                } else {
+                    Code::InvalidArgument
+                };
+                let message = format!("the request body: {}", rejection.body_text());
+                (status, code_name(code), message)
+            }
         };
-        (http_status(self.0.code()), Json(body)).into_response()
+        (status, Json(json::Error { code, message })).into_response()
     }
-}
-
-/// A body that is not the JSON the route takes (or not JSON at all).
-fn bad_body(rejection: JsonRejection) -> ApiError {
-    ApiError(Status::invalid_argument(format!(
-        "the request body: {}",
-        rejection.body_text()
-    )))
 }
 
 /// A service request carrying the HTTP request's `Authorization` header as the gRPC
@@ -192,7 +202,7 @@ async fn set_labels(
     headers: HeaderMap,
     body: Result<Json<json::SetLabels>, JsonRejection>,
 ) -> Result<Json<json::Sets>, ApiError> {
-    let Json(body) = body.map_err(bad_body)?;
+    let Json(body) = body.map_err(ApiError::Body)?;
     let reply = shared
         .service
         .set_labels(request(&headers, body.into_proto()?))
@@ -205,7 +215,7 @@ async fn update_labels(
     headers: HeaderMap,
     body: Result<Json<json::UpdateLabels>, JsonRejection>,
 ) -> Result<Json<json::Sets>, ApiError> {
-    let Json(body) = body.map_err(bad_body)?;
+    let Json(body) = body.map_err(ApiError::Body)?;
     let reply = shared
         .service
         .update_labels(request(&headers, body.into_proto()))
@@ -259,7 +269,7 @@ async fn snapshot(State(shared): State<Shared>, Path(id): Path<String>) -> Respo
             jpeg,
         )
             .into_response(),
-        None => ApiError(Status::not_found(format!(
+        None => ApiError::Service(Status::not_found(format!(
             "no picture of stream {} yet",
             cliptag_engine::Quoted(&id)
         )))
