@@ -74,6 +74,8 @@ impl Browser {
                 // Tests run as root in containers, where the sandbox cannot start.
                 "--no-sandbox",
                 "--disable-gpu",
+                // Containers give /dev/shm a few MB; the browser would crash on it.
+                "--disable-dev-shm-usage",
                 "--no-first-run",
                 "--hide-scrollbars",
                 &format!("--window-size={width},{height}"),
