@@ -554,6 +554,56 @@ fn python_reads_the_meta_through_pygobject() {
 }
 
 #[test]
+fn gst_inspect_shows_the_overlay_with_its_properties_and_formats() {
+    let _serial = serial();
+    let inspect = |args: &[&str]| {
+        let out = std::process::Command::new("gst-inspect-1.0")
+            .args(args)
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("GST_REGISTRY", plugin_dir().join("registry.bin"))
+            .output()
+            .expect("run gst-inspect-1.0 (Debian gstreamer1.0-tools)");
+        assert!(out.status.success(), "gst-inspect-1.0 {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let text = inspect(&["cliptagoverlay"]);
+    for property in [
+        "max-labels",
+        "min-score",
+        "position",
+        "text-size",
+        "text-color",
+        "bar-color",
+        "background-color",
+        "show-version",
+        "show-stale",
+        "show-events",
+        "event-hold",
+    ] {
+        assert!(
+            text.contains(&format!("  {property} ")),
+            "{property} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("0xAARRGGBB"),
+        "colour format missing:\n{text}"
+    );
+    assert!(text.contains("milliseconds"), "units missing:\n{text}");
+    for format in ["I420", "NV12", "RGBA", "BGRx", "YUY2"] {
+        assert!(
+            text.contains(&format!("(string){format}")),
+            "{format}:\n{text}"
+        );
+    }
+    let plugin = inspect(&["--plugin", "cliptag"]);
+    assert!(
+        plugin.contains("  cliptagoverlay: cliptag overlay") && plugin.contains("2 elements"),
+        "the plugin lists both elements:\n{plugin}"
+    );
+}
+
+#[test]
 fn gst_inspect_shows_every_property_with_its_blurb() {
     let _serial = serial();
     let out = std::process::Command::new("gst-inspect-1.0")
