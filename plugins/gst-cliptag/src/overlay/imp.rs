@@ -14,12 +14,13 @@
 //! a steady scene re-uses one rendering.
 
 use std::collections::VecDeque;
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::blend::Prepared;
 use super::panel::{self, Content, Rect};
 use super::settings::{PROPERTIES, Settings};
 use crate::meta;
@@ -73,7 +74,28 @@ struct Cached {
     content: Content,
     rect: Rect,
     settings: Settings,
-    composition: gst_video::VideoOverlayComposition,
+    panel: Panel,
+}
+
+/// A drawn panel in the form the frame's format blends fastest.
+#[derive(Clone)]
+enum Panel {
+    /// Converted to the frame's samples once ([`Prepared`]).
+    Prepared(Arc<Prepared>),
+    /// GStreamer's blending, for the other formats.
+    Composition(gst_video::VideoOverlayComposition),
+}
+
+impl Panel {
+    fn blend(
+        &self,
+        frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+    ) -> Result<(), glib::BoolError> {
+        match self {
+            Self::Prepared(p) => p.blend(frame),
+            Self::Composition(c) => c.blend(frame),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -133,7 +155,7 @@ impl CliptagOverlay {
         };
         let settings = lock(&self.settings).clone();
         let pts = buffer.pts();
-        let (composition, info) = {
+        let (panel, info) = {
             let mut state = lock(&self.state);
             let Some(info) = state.info.clone() else {
                 gst::element_imp_error!(
@@ -155,7 +177,7 @@ impl CliptagOverlay {
                 drop(state);
                 return self.srcpad.push(buffer);
             };
-            match state.composition(content, rect, info.height(), &settings) {
+            match state.panel(content, rect, &info, &settings) {
                 Ok(c) => (c, info),
                 Err(e) => {
                     // The video matters more than its labels: pass the frame on, say why once.
@@ -187,7 +209,7 @@ impl CliptagOverlay {
                     );
                     gst::FlowError::Error
                 })?;
-            if let Err(e) = composition.blend(&mut frame) {
+            if let Err(e) = panel.blend(&mut frame) {
                 gst::warning!(CAT, imp = self, "blending failed: {e}");
             }
         }
@@ -227,29 +249,33 @@ impl State {
         self.events.iter().map(|r| r.text.clone()).collect()
     }
 
-    /// The composition for `content`, drawn again only when it changed.
-    fn composition(
+    /// The panel for `content`, drawn again only when it changed (new caps clear it).
+    fn panel(
         &mut self,
         content: Content,
         rect: Rect,
-        frame_height: u32,
+        info: &gst_video::VideoInfo,
         settings: &Settings,
-    ) -> Result<gst_video::VideoOverlayComposition, panel::RenderError> {
+    ) -> Result<Panel, panel::RenderError> {
         if let Some(c) = &self.cached
             && c.content == content
             && c.rect == rect
             && &c.settings == settings
         {
-            return Ok(c.composition.clone());
+            return Ok(c.panel.clone());
         }
-        let composition = panel::render(&content, rect, frame_height, settings)?;
+        let rendered = panel::render(&content, rect, info.height(), settings)?;
+        let panel = match Prepared::new(&rendered.argb, rendered.stride, rect, info) {
+            Some(prepared) => Panel::Prepared(Arc::new(prepared)),
+            None => Panel::Composition(rendered.composition),
+        };
         self.cached = Some(Cached {
             content,
             rect,
             settings: settings.clone(),
-            composition: composition.clone(),
+            panel: panel.clone(),
         });
-        Ok(composition)
+        Ok(panel)
     }
 }
 

@@ -8,6 +8,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod blend;
 mod imp;
 pub mod panel;
 mod settings;

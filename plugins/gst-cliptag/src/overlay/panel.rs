@@ -152,13 +152,24 @@ fn rgba(argb: u32) -> (f64, f64, f64, f64) {
     (c(16), c(8), c(0), c(24))
 }
 
-/// Draws `content` into a composition placed at `rect` of the frame.
+/// A drawn panel: as GStreamer's overlay composition, and as cairo's pixels
+/// (premultiplied native-endian ARGB32 rows of `stride` bytes) for the fast blend.
+pub struct Rendered {
+    /// The panel placed at its rectangle of the frame.
+    pub composition: gst_video::VideoOverlayComposition,
+    /// Its pixels.
+    pub argb: Vec<u8>,
+    /// Bytes per row of `argb`.
+    pub stride: usize,
+}
+
+/// Draws `content` for the panel at `rect` of the frame.
 pub fn render(
     content: &Content,
     rect: Rect,
     frame_height: u32,
     settings: &Settings,
-) -> Result<gst_video::VideoOverlayComposition, RenderError> {
+) -> Result<Rendered, RenderError> {
     let m = Metrics::new(frame_height, settings.text_size);
     let (w, h) = (rect.width as i32, rect.height as i32);
     let mut surface = cairo::ImageSurface::create(cairo::Format::ARgb32, w, h)?;
@@ -168,8 +179,8 @@ pub fn render(
     }
     surface.flush();
     let stride = surface.stride();
-    let pixels = surface.data()?.to_vec();
-    let mut buffer = gst::Buffer::from_mut_slice(pixels);
+    let argb = surface.data()?.to_vec();
+    let mut buffer = gst::Buffer::from_slice(argb.clone());
     {
         let buffer = buffer
             .get_mut()
@@ -199,7 +210,11 @@ pub fn render(
         rect.height,
         gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA,
     );
-    Ok(gst_video::VideoOverlayComposition::new(Some(&rectangle))?)
+    Ok(Rendered {
+        composition: gst_video::VideoOverlayComposition::new(Some(&rectangle))?,
+        argb,
+        stride: stride as usize,
+    })
 }
 
 fn set_colour(cr: &cairo::Context, argb: u32) {
