@@ -44,8 +44,22 @@ pub struct Prepared {
     layers: Vec<Layer>,
 }
 
+/// How a YUV frame encodes colour: BT.601's or another matrix's red and blue weights,
+/// and whether samples use the full 0..255 range.
+#[derive(Debug, Clone, Copy)]
+struct Matrix {
+    kr: f64,
+    kb: f64,
+    full: bool,
+}
+
 /// Y, Cb, Cr (0..255 each, in the frame's range) of an RGB colour (0..1 each).
-fn yuv(rgb: [f64; 3], kr: f64, kb: f64, full_range: bool) -> [f64; 3] {
+fn yuv(rgb: [f64; 3], m: Matrix) -> [f64; 3] {
+    let Matrix {
+        kr,
+        kb,
+        full: full_range,
+    } = m;
     let [r, g, b] = rgb;
     let kg = 1.0 - kr - kb;
     let y = kr * r + kg * g + kb * b;
@@ -59,14 +73,14 @@ fn yuv(rgb: [f64; 3], kr: f64, kb: f64, full_range: bool) -> [f64; 3] {
 }
 
 /// The coefficients and range of a YUV frame (BT.601 when the matrix is unknown).
-fn matrix(info: &gst_video::VideoInfo) -> (f64, f64, bool) {
+fn matrix(info: &gst_video::VideoInfo) -> Matrix {
     let colorimetry = info.colorimetry();
     let (kr, kb) = colorimetry.matrix().kr_kb().unwrap_or((0.299, 0.114));
-    (
+    Matrix {
         kr,
         kb,
-        colorimetry.range() == gst_video::VideoColorRange::Range0_255,
-    )
+        full: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
+    }
 }
 
 /// A panel pixel as unpremultiplied RGB (0..1) and alpha (0..1), from cairo's
@@ -103,14 +117,14 @@ impl Prepared {
         let finfo = info.format_info();
         match info.format() {
             F::I420 | F::Yv12 | F::Nv12 | F::Nv21 => {
-                let (kr, kb, full) = matrix(info);
-                let luma = Self::luma(argb, stride, rect, kr, kb, full);
+                let m = matrix(info);
+                let luma = Self::luma(argb, stride, rect, m);
                 let mut layers = vec![luma];
                 // Cb and Cr: separate planes (I420, YV12) or interleaved in one (NV12, NV21).
                 let (cb, cr) = (1usize, 2usize);
                 let chroma = |components: &[usize]| -> Layer {
                     let plane = finfo.plane()[components[0]];
-                    Self::chroma(argb, stride, rect, kr, kb, full, plane, finfo, components)
+                    Self::chroma((argb, stride), rect, m, (plane, finfo), components)
                 };
                 if finfo.plane()[cb] == finfo.plane()[cr] {
                     layers.push(chroma(&[cb, cr]));
@@ -149,14 +163,14 @@ impl Prepared {
         }
     }
 
-    fn luma(argb: &[u8], stride: usize, rect: Rect, kr: f64, kb: f64, full: bool) -> Layer {
+    fn luma(argb: &[u8], stride: usize, rect: Rect, m: Matrix) -> Layer {
         let (w, h) = (rect.width as usize, rect.height as usize);
         let mut colour = Vec::with_capacity(w * h);
         let mut keep = Vec::with_capacity(w * h);
         for y in 0..h {
             for x in 0..w {
                 let (rgb, a) = pixel(argb, stride, x, y);
-                colour.push(byte(a * yuv(rgb, kr, kb, full)[0]));
+                colour.push(byte(a * yuv(rgb, m)[0]));
                 keep.push(byte(255.0 * (1.0 - a)));
             }
         }
@@ -175,16 +189,11 @@ impl Prepared {
 
     /// A 4:2:0 chroma layer: each sample covers 2x2 frame pixels; panel pixels outside
     /// the panel count as transparent.
-    #[allow(clippy::too_many_arguments)]
     fn chroma(
-        argb: &[u8],
-        stride: usize,
+        (argb, stride): (&[u8], usize),
         rect: Rect,
-        kr: f64,
-        kb: f64,
-        full: bool,
-        plane: u32,
-        finfo: gst_video::VideoFormatInfo,
+        m: Matrix,
+        (plane, finfo): (u32, gst_video::VideoFormatInfo),
         components: &[usize],
     ) -> Layer {
         let (x0, y0) = (rect.x as usize, rect.y as usize);
@@ -202,7 +211,7 @@ impl Prepared {
                             continue;
                         }
                         let (rgb, a) = pixel(argb, stride, fx - x0, fy - y0);
-                        let [_, u, v] = yuv(rgb, kr, kb, full);
+                        let [_, u, v] = yuv(rgb, m);
                         sum[1] += a * u;
                         sum[2] += a * v;
                         alpha += a;
@@ -385,7 +394,7 @@ mod tests {
     fn reference(info: &gst_video::VideoInfo, panel: &panel::Rendered, rect: Rect) -> Vec<u8> {
         let mut out = noise(info).map_readable().expect("map").to_vec();
         let finfo = info.format_info();
-        let (kr, kb, full) = matrix(info);
+        let m = matrix(info);
         let inside = |x: usize, y: usize| {
             x >= rect.x as usize
                 && y >= rect.y as usize
@@ -401,7 +410,7 @@ mod tests {
                 y - rect.y as usize,
             );
             let value = if info.is_yuv() {
-                yuv(rgb, kr, kb, full)[c]
+                yuv(rgb, m)[c]
             } else {
                 255.0 * rgb[c]
             };
