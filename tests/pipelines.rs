@@ -107,7 +107,10 @@ fn every_runnable_pipeline_on_the_page_runs() {
         }
         if script.contains("gst-launch-1.0 -m") {
             let printed = String::from_utf8_lossy(&out.stdout);
-            assert!(printed.contains("cliptag"), "no cliptag messages printed");
+            assert!(
+                printed.contains("cliptag, labels=") && printed.contains("a\\ moving\\ ball"),
+                "no cliptag messages printed:\n{printed}"
+            );
         }
     }
 }

@@ -42,6 +42,7 @@ pub struct Browser {
     replies: mpsc::Receiver<Value>,
     session: String,
     next_id: u64,
+    log: PathBuf,
     _profile: tempfile::TempDir,
 }
 
@@ -60,6 +61,9 @@ impl Browser {
     /// Starts the browser with a `width` x `height` window and attaches to its page.
     pub fn start(executable: &Path, width: u32, height: u32) -> Result<Self> {
         let profile = tempfile::tempdir().context("a profile directory")?;
+        // What the browser says goes to a file, shown when a command fails.
+        let log = profile.path().join("browser.log");
+        let log_file = File::create(&log).context("the browser's log")?;
         let (to_browser_read, to_browser_write) = pipe()?;
         let (from_browser_read, from_browser_write) = pipe()?;
         let (cmd_fd, reply_fd) = (
@@ -84,7 +88,7 @@ impl Browser {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file);
         // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
         unsafe {
             command.pre_exec(move || {
@@ -123,15 +127,27 @@ impl Browser {
             replies,
             session: String::new(),
             next_id: 0,
+            log,
             _profile: profile,
         };
-        let targets = browser.command("Target.getTargets", json!({}))?;
-        let page = targets["targetInfos"]
-            .as_array()
-            .and_then(|t| t.iter().find(|t| t["type"] == "page"))
-            .and_then(|t| t["targetId"].as_str())
-            .ok_or_else(|| anyhow!("the browser has no page: {targets}"))?
-            .to_string();
+        // A slow machine may not have opened the first page yet.
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let page = loop {
+            let targets = browser.command("Target.getTargets", json!({}))?;
+            let page = targets["targetInfos"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+                .and_then(|t| t["targetId"].as_str())
+                .map(String::from);
+            match page {
+                Some(page) => break page,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                None => bail!(
+                    "the browser opened no page: {targets}{}",
+                    browser.log_tail()
+                ),
+            }
+        };
         let attached = browser.command(
             "Target.attachToTarget",
             json!({"targetId": page, "flatten": true}),
@@ -155,16 +171,18 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&message)?;
         bytes.push(0);
-        self.commands
-            .write_all(&bytes)
-            .with_context(|| format!("{method}: the browser is gone"))?;
+        if let Err(e) = self.commands.write_all(&bytes) {
+            bail!("{method}: the browser is gone ({e}){}", self.log_tail());
+        }
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let reply = self
-                .replies
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("{method}: no reply within {COMMAND_TIMEOUT:?}"))?;
+            let Ok(reply) = self.replies.recv_timeout(left) else {
+                bail!(
+                    "{method}: no reply within {COMMAND_TIMEOUT:?}{}",
+                    self.log_tail()
+                );
+            };
             // Events (no id) and replies to nothing pending are skipped.
             if reply["id"].as_u64() != Some(id) {
                 continue;
@@ -173,6 +191,18 @@ impl Browser {
                 bail!("{method}: {error}");
             }
             return Ok(reply["result"].clone());
+        }
+    }
+
+    /// The end of what the browser wrote to its log, to show with an error.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("\nthe browser's log ends:\n{tail}")
         }
     }
 
@@ -234,6 +264,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Browser.close belongs to the browser, not to the page's session.
+        self.session.clear();
         let _ = self.command("Browser.close", json!({}));
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

@@ -42,31 +42,7 @@ pub fn register() {
 
 /// The result as a structure.
 pub fn structure(result: &FrameResult, model: &str) -> gst::Structure {
-    let labels = gst::Array::new(result.labels.iter().map(|l| l.label.to_string()));
-    let scores = gst::Array::new(result.labels.iter().map(|l| f64::from(l.score)));
-    let events = gst::Array::new(result.events.iter().map(|e| {
-        let kind = match e.kind {
-            EventKind::Start => "start",
-            EventKind::End => "end",
-        };
-        format!("{kind}:{}", e.label)
-    }));
-    gst::Structure::builder(STRUCTURE_NAME)
-        .field("labels", labels)
-        .field("scores", scores)
-        .field("label-set", result.label_set.to_string())
-        .field("version", result.version)
-        .field("frame", result.frame)
-        .field(
-            "computed-for",
-            result.computed_for.map_or(-1i64, |f| f as i64),
-        )
-        .field("stale", result.stale)
-        .field("latency", result.latency.as_nanos() as u64)
-        .field("model", model)
-        .field("stream-id", result.stream.to_string())
-        .field("events", events)
-        .build()
+    Tags::from_result(result, model).structure()
 }
 
 /// Attaches the result to a buffer.
@@ -81,9 +57,17 @@ pub fn attach_tags(buffer: &mut gst::BufferRef, tags: &Tags) {
     attach_structure(buffer, &tags.structure());
 }
 
+/// Writes `structure` into the buffer's cliptag meta, added when there is none (a
+/// buffer tagged twice keeps one meta, holding the later labels).
 fn attach_structure(buffer: &mut gst::BufferRef, structure: &gst::Structure) {
     register();
-    let Ok(mut meta) = gst::meta::CustomMeta::add(buffer, META_NAME) else {
+    let existing = gst::meta::CustomMeta::from_buffer(buffer, META_NAME).is_ok();
+    let meta = if existing {
+        gst::meta::CustomMeta::from_mut_buffer(buffer, META_NAME)
+    } else {
+        gst::meta::CustomMeta::add(buffer, META_NAME)
+    };
+    let Ok(mut meta) = meta else {
         return;
     };
     let s = meta.mut_structure();
@@ -121,6 +105,36 @@ impl Tags {
     /// The best label.
     pub fn top(&self) -> Option<&str> {
         self.labels.first().map(|(l, _)| l.as_str())
+    }
+
+    /// The tags of an engine result, for `model`.
+    pub fn from_result(result: &FrameResult, model: &str) -> Self {
+        Self {
+            labels: result
+                .labels
+                .iter()
+                .map(|l| (l.label.to_string(), f64::from(l.score)))
+                .collect(),
+            version: result.version,
+            frame: result.frame,
+            computed_for: result.computed_for,
+            stale: result.stale,
+            latency_ns: result.latency.as_nanos() as u64,
+            model: model.to_string(),
+            stream_id: result.stream.to_string(),
+            label_set: result.label_set.to_string(),
+            events: result
+                .events
+                .iter()
+                .map(|e| {
+                    let kind = match e.kind {
+                        EventKind::Start => "start",
+                        EventKind::End => "end",
+                    };
+                    format!("{kind}:{}", e.label)
+                })
+                .collect(),
+        }
     }
 
     /// The `cliptag` structure holding these tags (the inverse of [`Tags::from_structure`]).

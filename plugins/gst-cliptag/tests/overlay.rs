@@ -161,9 +161,13 @@ fn the_panel_changes_pixels_inside_its_rectangle_and_none_outside_in_every_forma
                 outside.len(),
                 outside.first()
             );
-            // Full-resolution samples (luma, or red) inside the panel.
+            // Distinct pixels with a full-resolution sample (luma, or a colour) changed.
             let area = rect.width * rect.height;
-            let full: Vec<_> = changed.iter().filter(|b| b.2 == 1 && b.3 == 1).collect();
+            let full: std::collections::HashSet<_> = changed
+                .iter()
+                .filter(|b| b.2 == 1 && b.3 == 1)
+                .map(|b| (b.0, b.1))
+                .collect();
             assert!(
                 full.len() as u32 > area / 2,
                 "{format:?} {nick}: only {} of {area} pixels in the panel changed",
@@ -300,7 +304,6 @@ fn a_pipeline_writes_an_overlaid_png() {
     init();
     let dir = tempfile::tempdir().expect("temp dir");
     let write = |overlay: &str, name: &str| -> std::path::PathBuf {
-        let path = dir.path().join(name);
         let description = format!(
             "videotestsrc pattern=ball background-color=0xff406080 num-buffers=10 ! video/x-raw,width=320,height=240 \
              ! cliptag labels=\"a moving ball,tv static,smpte color bars\" {overlay} \
@@ -318,7 +321,6 @@ fn a_pipeline_writes_an_overlaid_png() {
             .expect("the pipeline ends");
         assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
         pipeline.set_state(gst::State::Null).expect("null");
-        let _ = path;
         dir.path().join(format!("{name}-9.png"))
     };
     let plain = std::fs::read(write("", "plain")).expect("plain PNG");
@@ -340,4 +342,72 @@ fn a_pipeline_writes_an_overlaid_png() {
         inside > rect.width * rect.height / 4,
         "{inside} pixels of the panel drawn"
     );
+}
+
+/// The panel's height on a frame (the lowest changed row, less the panel's top).
+fn panel_height(
+    h: &mut Harness,
+    info: &gst_video::VideoInfo,
+    tags: &Tags,
+    pts: Option<u64>,
+) -> u32 {
+    let input = noise(info, 11);
+    let mut b = input.copy();
+    {
+        let b = b.make_mut();
+        b.set_pts(pts.map(gst::ClockTime::from_mseconds));
+        meta::attach_tags(b, tags);
+    }
+    h.push(b).expect("push");
+    let out = h.pull().expect("pull");
+    let changed = changed_blocks(info, &input, &out);
+    let top = changed.iter().map(|b| b.1).min().expect("a panel");
+    changed.iter().map(|b| b.1).max().expect("a panel") + 1 - top
+}
+
+#[test]
+fn without_timestamps_events_stay_for_frames_and_a_flush_forgets_them() {
+    init();
+    let info = video_info(gst_video::VideoFormat::I420, 320, 240);
+    let mut h = harness(&info, "show-version=false event-hold=1000");
+    let three = panel::panel_rect(320, 240, 3, 0.045, Position::TopLeft)
+        .expect("fits")
+        .height;
+    let four = panel::panel_rect(320, 240, 4, 0.045, Position::TopLeft)
+        .expect("fits")
+        .height;
+    let at = |frame: u64, event: bool| {
+        let mut t = tags();
+        t.frame = frame;
+        if !event {
+            t.events.clear();
+        }
+        t
+    };
+    // 1000 ms without timestamps: 30 frames.
+    assert_eq!(panel_height(&mut h, &info, &at(0, true), None), four);
+    assert_eq!(panel_height(&mut h, &info, &at(29, false), None), four);
+    assert_eq!(panel_height(&mut h, &info, &at(30, false), None), three);
+    // An event, then a flush: the event is not listed after it.
+    assert_eq!(panel_height(&mut h, &info, &at(31, true), None), four);
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    assert_eq!(panel_height(&mut h, &info, &at(32, false), None), three);
+}
+
+#[test]
+fn tagging_a_buffer_twice_keeps_one_meta_with_the_later_labels() {
+    init();
+    let mut buffer = gst::Buffer::with_size(16).expect("buffer");
+    let first = tags();
+    let mut second = tags();
+    second.version = 9;
+    second.labels.truncate(1);
+    meta::attach_tags(buffer.make_mut(), &first);
+    meta::attach_tags(buffer.make_mut(), &second);
+    assert_eq!(meta::read(&buffer), Some(second));
+    // The buffer carries no other meta: every meta on it is a cliptag meta.
+    assert_eq!(buffer.iter_meta::<gst::Meta>().count(), 1);
 }

@@ -139,6 +139,19 @@ pub fn run(args: Args) -> Result<()> {
         bail!("no labels: give --labels \"a,b\"");
     }
     // Shared: an element in this process naming the same address serves through it too.
+    // The console binds before the model loads: a taken address fails at once.
+    let snapshots = Snapshots::new();
+    let console = match &args.http {
+        Some(address) => Some(
+            Console::start(ConsoleConfig {
+                address: address.clone(),
+                token: args.token.clone(),
+                snapshots: snapshots.clone(),
+            })
+            .context("cannot start the web console")?,
+        ),
+        None => None,
+    };
     let server = Server::shared(ServerConfig {
         address: args.grpc.clone(),
         token: args.token.clone(),
@@ -180,42 +193,33 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(model) = &args.model {
         tag.set_property("model", model.display().to_string());
     }
+    if let Some(sink) = pipeline.by_name("snapshots") {
+        deliver_snapshots(&sink, &snapshots, &args.stream_id)?;
+    }
     // READY loads the model: subscribe before any frame flows.
     if pipeline.set_state(gst::State::Ready).is_err() {
-        return Err(bus_error(&pipeline).unwrap_or_else(|| anyhow!("the pipeline did not start")));
+        let error = bus_error(&pipeline).unwrap_or_else(|| anyhow!("the pipeline did not start"));
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(error);
     }
-    let engine = cliptag_service::hub()
-        .engines()
-        .into_iter()
-        .last()
-        .ok_or_else(|| anyhow!("the element registered no engine"))?;
+    let Some(engine) = cliptag_service::hub().engines().into_iter().last() else {
+        let _ = pipeline.set_state(gst::State::Null);
+        bail!("the element registered no engine");
+    };
     eprintln!(
         "cliptag: stream {:?} with {}; labels: {}",
         args.stream_id,
         engine.model().source,
         labels.join(", ")
     );
-    let snapshots = Snapshots::new();
-    if let Some(sink) = pipeline.by_name("snapshots") {
-        deliver_snapshots(&sink, &snapshots, &args.stream_id)?;
-    }
-    let console = match &args.http {
-        Some(address) => Some(
-            Console::start(ConsoleConfig {
-                address: address.clone(),
-                token: args.token.clone(),
-                snapshots: snapshots.clone(),
-            })
-            .context("cannot start the web console")?,
-        ),
-        None => None,
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let reader_gone = Arc::new(AtomicBool::new(false));
     let printer = spawn_printer(&engine, args.json, stop.clone(), reader_gone.clone());
     if pipeline.set_state(gst::State::Playing).is_err() {
         stop.store(true, Ordering::Relaxed);
-        return Err(bus_error(&pipeline).unwrap_or_else(|| anyhow!("the pipeline did not start")));
+        let error = bus_error(&pipeline).unwrap_or_else(|| anyhow!("the pipeline did not start"));
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(error);
     }
     // Clients that connect after this line find the stream.
     let scheme = if args.tls_cert.is_some() {
@@ -243,6 +247,12 @@ pub fn run(args: Args) -> Result<()> {
                 ""
             }
         );
+        if args.token.is_some() && !console.local_addr().ip().is_loopback() {
+            eprintln!(
+                "cliptag: warning: the console speaks plain HTTP: the token crosses the network \
+                 unencrypted (put a TLS proxy in front of it, or keep it on loopback)"
+            );
+        }
     }
 
     let interrupted = spawn_ctrl_c(&pipeline)?;

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -26,9 +26,15 @@ use crate::service::CliptagService;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Shared {
+    /// The gRPC service's implementation, called directly.
     pub service: CliptagService,
+    /// The streams' pictures.
     pub snapshots: Snapshots,
+    /// Whether label changes need the token.
     pub token_required: bool,
+    /// The host name the console was asked to listen on, when it is a name and not an
+    /// address: requests may name it in `Host`.
+    pub host_name: Option<String>,
 }
 
 /// The page and its assets, compiled into the binary: nothing is fetched at run time.
@@ -57,8 +63,88 @@ pub fn router(shared: Shared) -> axum::Router {
         .route("/api/labels/update", post(update_labels))
         .route("/api/detections", get(detections))
         .route("/api/streams/{id}/snapshot.jpg", get(snapshot))
+        .fallback(|| async { ApiError::Service(Status::not_found("no such page")) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Rejected {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: Code::Unimplemented,
+                message: "this method is not served here".into(),
+            }
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
+}
+
+/// Whether `host` (a `Host` header) names this console: an IP address, `localhost`, or
+/// the name it was started with. A web page whose own name was made to resolve to a
+/// loopback address ("DNS rebinding") sends its own name, and is refused.
+fn host_allowed(host: &str, host_name: Option<&str>) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || host_name.is_some_and(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Refuses requests for another host name, and changes sent by a page of another
+/// origin; adds headers that keep the page from being framed or sniffed.
+async fn guard(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if !host_allowed(&host, shared.host_name.as_deref()) {
+        return ApiError::Service(Status::permission_denied(format!(
+            "this console does not answer for host {}",
+            cliptag_engine::Quoted(&host)
+        )))
+        .into_response();
+    }
+    let changes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if changes
+        && let Some(origin) = origin
+        && origin.split_once("://").map(|(_, authority)| authority) != Some(host.as_str())
+    {
+        return ApiError::Service(Status::permission_denied(format!(
+            "changes from a page of {} are refused",
+            cliptag_engine::Quoted(origin)
+        )))
+        .into_response();
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -69,9 +155,38 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 pub enum ApiError {
     /// The service refused: the HTTP status that means the same.
     Service(Status),
-    /// The body is not what the route takes: axum's status for it (400 bad JSON, 413
-    /// too large, 415 not JSON, 422 the wrong shape).
-    Body(JsonRejection),
+    /// The request is not what the route takes, with the HTTP status that says how
+    /// (400 bad JSON or query, 405, 413 too large, 415 not JSON, 422 the wrong shape).
+    Rejected {
+        status: StatusCode,
+        code: Code,
+        message: String,
+    },
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        Self::Rejected {
+            status,
+            code: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Code::ResourceExhausted
+            } else {
+                Code::InvalidArgument
+            },
+            message: format!("the request body: {}", rejection.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::Rejected {
+            status: rejection.status(),
+            code: Code::InvalidArgument,
+            message: format!("the query: {}", rejection.body_text()),
+        }
+    }
 }
 
 impl From<Status> for ApiError {
@@ -91,6 +206,7 @@ fn http_status(code: Code) -> StatusCode {
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -126,16 +242,11 @@ impl IntoResponse for ApiError {
                 code_name(s.code()),
                 s.message().to_string(),
             ),
-            Self::Body(rejection) => {
-                let status = rejection.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    Code::ResourceExhausted
-                } else {
-                    Code::InvalidArgument
-                };
-                let message = format!("the request body: {}", rejection.body_text());
-                (status, code_name(code), message)
-            }
+            Self::Rejected {
+                status,
+                code,
+                message,
+            } => (status, code_name(code), message),
         };
         (status, Json(json::Error { code, message })).into_response()
     }
@@ -184,8 +295,9 @@ struct StreamQuery {
 
 async fn get_labels(
     State(shared): State<Shared>,
-    Query(query): Query<StreamQuery>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Json<json::Sets>, ApiError> {
+    let Query(query) = query?;
     let reply = shared
         .service
         .get_labels(Request::new(v1::GetLabelsRequest {
@@ -196,13 +308,14 @@ async fn get_labels(
 }
 
 // Changes take JSON only: a page on another site cannot send `application/json` here
-// without a CORS preflight, which this server never grants.
+// without a CORS preflight, which this server never grants (and `guard` refuses changes
+// from other origins and requests for other host names).
 async fn set_labels(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: Result<Json<json::SetLabels>, JsonRejection>,
 ) -> Result<Json<json::Sets>, ApiError> {
-    let Json(body) = body.map_err(ApiError::Body)?;
+    let Json(body) = body?;
     let reply = shared
         .service
         .set_labels(request(&headers, body.into_proto()?))
@@ -215,7 +328,7 @@ async fn update_labels(
     headers: HeaderMap,
     body: Result<Json<json::UpdateLabels>, JsonRejection>,
 ) -> Result<Json<json::Sets>, ApiError> {
-    let Json(body) = body.map_err(ApiError::Body)?;
+    let Json(body) = body?;
     let reply = shared
         .service
         .update_labels(request(&headers, body.into_proto()))
@@ -228,8 +341,9 @@ async fn update_labels(
 /// the pipeline.
 async fn detections(
     State(shared): State<Shared>,
-    Query(query): Query<StreamQuery>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(query) = query?;
     let streams = if query.stream.is_empty() {
         Vec::new()
     } else {
@@ -280,6 +394,31 @@ async fn snapshot(State(shared): State<Shared>, Path(id): Path<String>) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_localhost_and_the_given_name_are_answered() {
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "localhost:80",
+            "LOCALHOST",
+            "10.1.2.3:9",
+        ] {
+            assert!(host_allowed(host, None), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "",
+            "[not-ip]:80",
+            "localhost.evil.example:1",
+        ] {
+            assert!(!host_allowed(host, None), "{host}");
+        }
+        assert!(host_allowed("cam-host:8080", Some("cam-host")));
+        assert!(!host_allowed("other:8080", Some("cam-host")));
+    }
 
     #[test]
     fn every_service_error_keeps_its_meaning_over_http() {

@@ -7,6 +7,7 @@ use tonic::Status;
 
 /// A label and its prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Label {
     pub name: String,
     #[serde(default)]
@@ -166,7 +167,7 @@ impl Sets {
     }
 }
 
-/// A stream's counters (`v1::StreamStats`, without the batch histogram).
+/// A stream's counters (`v1::StreamStats`).
 #[derive(Debug, Serialize)]
 pub struct Stats {
     pub frames_in: u64,

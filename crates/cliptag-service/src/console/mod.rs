@@ -87,7 +87,16 @@ impl Console {
             .build()
             .map_err(ServerError::Runtime)?;
         let (shutdown, stop) = watch::channel(false);
+        // A name (not an address) in --http: requests may name it in `Host`.
+        let host = config
+            .address
+            .rsplit_once(':')
+            .map_or(config.address.as_str(), |(host, _)| host);
+        let host_name = (host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('['))
+            .then(|| host.to_string())
+            .filter(|h| !h.is_empty());
         let shared = api::Shared {
+            host_name,
             token_required: config.token.is_some(),
             service: CliptagService::new(config.token, stop.clone()),
             snapshots: config.snapshots,

@@ -145,6 +145,22 @@ impl CliptagOverlay {
         gst::Pad::event_default(pad, Some(&*self.obj()), event)
     }
 
+    /// Allocation queries go downstream (pools and metas the sink offers stay usable
+    /// upstream), except that crop metas are refused: the panel is placed on the whole
+    /// buffer, so upstream must crop before it.
+    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Allocation(_) = query.view_mut() {
+            let answered = self.srcpad.peer_query(query);
+            if let gst::QueryViewMut::Allocation(q) = query.view_mut() {
+                while let Some(i) = q.find_allocation_meta::<gst_video::VideoCropMeta>() {
+                    q.remove_nth_allocation_meta(i);
+                }
+            }
+            return answered;
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
     fn chain(
         &self,
         _pad: &gst::Pad,
@@ -155,42 +171,27 @@ impl CliptagOverlay {
         };
         let settings = lock(&self.settings).clone();
         let pts = buffer.pts();
-        let (panel, info) = {
-            let mut state = lock(&self.state);
-            let Some(info) = state.info.clone() else {
+        // Decided under the state lock, acted on after it: nothing is posted or pushed
+        // while holding it.
+        let (panel, info) = match self.decide(&tags, pts, &settings) {
+            Decision::Draw(panel, info) => (panel, info),
+            Decision::Pass => return self.srcpad.push(buffer),
+            Decision::PassWarning(e) => {
+                // The video matters more than its labels: pass the frame on, say why once.
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Failed,
+                    ["cannot draw the label panel: {e}"]
+                );
+                return self.srcpad.push(buffer);
+            }
+            Decision::NotNegotiated => {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
                     ["a buffer arrived before its caps"]
                 );
                 return Err(gst::FlowError::NotNegotiated);
-            };
-            let events = state.recent_events(&tags, pts, &settings);
-            let content = Content::new(&tags, &events, &settings);
-            let Some(rect) = panel::panel_rect(
-                info.width(),
-                info.height(),
-                content.lines(),
-                settings.text_size,
-                settings.position,
-            ) else {
-                drop(state);
-                return self.srcpad.push(buffer);
-            };
-            match state.panel(content, rect, &info, &settings) {
-                Ok(c) => (c, info),
-                Err(e) => {
-                    // The video matters more than its labels: pass the frame on, say why once.
-                    if !std::mem::replace(&mut state.warned, true) {
-                        drop(state);
-                        gst::element_imp_warning!(
-                            self,
-                            gst::StreamError::Failed,
-                            ["cannot draw the label panel: {e}"]
-                        );
-                    }
-                    return self.srcpad.push(buffer);
-                }
             }
         };
         {
@@ -214,6 +215,48 @@ impl CliptagOverlay {
             }
         }
         self.srcpad.push(buffer)
+    }
+}
+
+/// What to do with a frame that carries labels.
+enum Decision {
+    /// Blend this panel onto the frame.
+    Draw(Panel, gst_video::VideoInfo),
+    /// Pass it on as it is (nothing to show, or no room for it).
+    Pass,
+    /// Pass it on, and warn once that the panel could not be drawn.
+    PassWarning(panel::RenderError),
+    /// No caps yet.
+    NotNegotiated,
+}
+
+impl CliptagOverlay {
+    fn decide(
+        &self,
+        tags: &meta::Tags,
+        pts: Option<gst::ClockTime>,
+        settings: &Settings,
+    ) -> Decision {
+        let mut state = lock(&self.state);
+        let Some(info) = state.info.clone() else {
+            return Decision::NotNegotiated;
+        };
+        let events = state.recent_events(tags, pts, settings);
+        let content = Content::new(tags, &events, settings);
+        let Some(rect) = panel::panel_rect(
+            info.width(),
+            info.height(),
+            content.lines(),
+            settings.text_size,
+            settings.position,
+        ) else {
+            return Decision::Pass;
+        };
+        match state.panel(content, rect, &info, settings) {
+            Ok(panel) => Decision::Draw(panel, info),
+            Err(e) if !std::mem::replace(&mut state.warned, true) => Decision::PassWarning(e),
+            Err(_) => Decision::Pass,
+        }
     }
 }
 
@@ -295,6 +338,13 @@ impl ObjectSubclass for CliptagOverlay {
                         |imp| imp.chain(pad, buffer),
                     )
                 })
+                .query_function(|pad, parent, query| {
+                    CliptagOverlay::catch_panic_pad_function(
+                        parent,
+                        || false,
+                        |imp| imp.sink_query(pad, query),
+                    )
+                })
                 .event_function(|pad, parent, event| {
                     CliptagOverlay::catch_panic_pad_function(
                         parent,
@@ -327,7 +377,9 @@ impl ObjectImpl for CliptagOverlay {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        lock(&self.settings).get(pspec.name())
+        lock(&self.settings)
+            .get(pspec.name())
+            .unwrap_or_else(|| pspec.default_value().clone())
     }
 
     fn constructed(&self) {

@@ -9,7 +9,7 @@ use crate::meta::Tags;
 /// decimals), so that frames whose panels would look the same compare equal and share
 /// one rendering.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Content {
+pub(crate) struct Content {
     /// `set vN`, `stale`, or both; `None` when neither is shown.
     pub header: Option<String>,
     /// Labels with their scores in hundredths, best first.
@@ -108,7 +108,7 @@ pub fn panel_rect(
         return None;
     }
     let m = Metrics::new(height, text_size);
-    let want_w = (m.text_px * 16.0).ceil() as u32 + 2 * m.pad;
+    let want_w = ((m.text_px * 16.0).ceil() as u32).saturating_add(2 * m.pad);
     let want_h = lines.saturating_mul(m.line).saturating_add(2 * m.pad);
     // Even sizes and positions keep the panel's edges on chroma sample boundaries in
     // subsampled formats (4:2:0, 4:2:2), so they stay crisp.
@@ -134,7 +134,7 @@ pub fn panel_rect(
 
 /// Why a panel could not be drawn.
 #[derive(Debug, thiserror::Error)]
-pub enum RenderError {
+pub(crate) enum RenderError {
     /// cairo refused (out of memory, a surface too large).
     #[error("cairo: {0}")]
     Cairo(#[from] cairo::Error),
@@ -154,7 +154,7 @@ fn rgba(argb: u32) -> (f64, f64, f64, f64) {
 
 /// A drawn panel: as GStreamer's overlay composition, and as cairo's pixels
 /// (premultiplied native-endian ARGB32 rows of `stride` bytes) for the fast blend.
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// The panel placed at its rectangle of the frame.
     pub composition: gst_video::VideoOverlayComposition,
     /// Its pixels.
@@ -164,7 +164,7 @@ pub struct Rendered {
 }
 
 /// Draws `content` for the panel at `rect` of the frame.
-pub fn render(
+pub(crate) fn render(
     content: &Content,
     rect: Rect,
     frame_height: u32,
@@ -242,6 +242,8 @@ fn draw(
     font.set_absolute_size(m.text_px * f64::from(pango::SCALE));
     layout.set_font_description(Some(&font));
     layout.set_ellipsize(pango::EllipsizeMode::End);
+    // A label with a line break stays on its line.
+    layout.set_single_paragraph_mode(true);
 
     // One line of text at `y`, from `x`, at most `room` wide.
     let text = |s: &str, x: f64, y: f64, room: f64, bold: bool| {

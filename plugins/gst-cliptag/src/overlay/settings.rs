@@ -108,9 +108,9 @@ impl Settings {
         }
     }
 
-    /// One property's value.
-    pub fn get(&self, name: &str) -> glib::Value {
-        match name {
+    /// One property's value (`None` for a name not declared below).
+    pub fn get(&self, name: &str) -> Option<glib::Value> {
+        Some(match name {
             "max-labels" => self.max_labels.to_value(),
             "min-score" => self.min_score.to_value(),
             "position" => self.position.to_value(),
@@ -122,9 +122,8 @@ impl Settings {
             "show-stale" => self.show_stale.to_value(),
             "show-events" => self.show_events.to_value(),
             "event-hold" => self.event_hold_ms.to_value(),
-            // Only the names declared below reach here.
-            _ => glib::Value::from_type(glib::Type::INVALID),
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -198,7 +197,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecUInt::builder("event-hold")
             .nick("Event hold")
-            .blurb("How long a start or end event stays listed, in milliseconds of stream time")
+            .blurb("How long a start or end event stays listed, in milliseconds of buffer timestamps (frames without timestamps: counted at 30 a second)")
             .maximum(600_000)
             .default_value(DEFAULT_EVENT_HOLD_MS)
             .mutable_playing()

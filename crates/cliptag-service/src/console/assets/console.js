@@ -569,7 +569,10 @@
   function valuesFromSpec(spec) {
     const lines = spec.labels.map((label) => {
       const prompts = Array.isArray(label.prompts) ? label.prompts : [];
-      return prompts.length ? `${label.name}: ${prompts.join(" | ")}` : String(label.name);
+      const name = escapeText(String(label.name), ":|");
+      return prompts.length
+        ? `${name}: ${prompts.map((p) => escapeText(String(p), "|")).join(" | ")}`
+        : name;
     });
     return {
       text: lines.join("\n"),
@@ -593,15 +596,56 @@
     state.filled = editorValues(); // read back: number inputs normalise values
   }
 
+  /**
+   * Backslash before each of `chars` and before backslashes, so that a label
+   * named "a: b" or a prompt with "|" survives the editor's round trip.
+   */
+  function escapeText(text, chars) {
+    let out = "";
+    for (const c of text) out += c === "\\" || chars.includes(c) ? `\\${c}` : c;
+    return out;
+  }
+
+  /** The index of the first `c` in `text` not escaped by a backslash, or -1. */
+  function firstUnescaped(text, c) {
+    for (let i = 0; i < text.length; i++) {
+      if (text[i] === "\\") i++;
+      else if (text[i] === c) return i;
+    }
+    return -1;
+  }
+
+  /** `text` split at unescaped `separator`s, each piece unescaped. */
+  function splitUnescaped(text, separator) {
+    const pieces = [""];
+    for (let i = 0; i < text.length; i++) {
+      const c = text[i];
+      if (c === "\\" && i + 1 < text.length) {
+        pieces[pieces.length - 1] += text[++i];
+      } else if (c === separator) {
+        pieces.push("");
+      } else {
+        pieces[pieces.length - 1] += c;
+      }
+    }
+    return pieces;
+  }
+
   function parseLabelLines(text) {
     const labels = [];
     text.split(/\r?\n/).forEach((raw, index) => {
       const line = raw.trim();
       if (line === "") return;
-      const colon = line.indexOf(":");
-      const name = (colon < 0 ? line : line.slice(0, colon)).trim();
+      // The name ends at the first ":" not written as "\:"; prompts split at "|".
+      const colon = firstUnescaped(line, ":");
+      const name = splitUnescaped(colon < 0 ? line : line.slice(0, colon), "").join("").trim();
       if (name === "") throw new Error(`line ${index + 1}: a label needs a name before the ":"`);
-      const prompts = colon < 0 ? [] : splitList(line.slice(colon + 1), "|");
+      const prompts =
+        colon < 0
+          ? []
+          : splitUnescaped(line.slice(colon + 1), "|")
+              .map((p) => p.trim())
+              .filter((p) => p !== "");
       labels.push({ name, prompts });
     });
     return labels;
