@@ -16,6 +16,11 @@ use serde_json::Value;
 
 const TOKEN: &str = "console-test-token";
 
+/// A label another client adds (as JavaScript literals): a name with ':' and a prompt
+/// with '|', the separators of the page's replace editor.
+const TRICKY_NAME: &str = "'a pinwheel: spinning'";
+const TRICKY_PROMPT: &str = "'a pinwheel | a windmill toy'";
+
 /// The console's address, from `cliptag run`'s stderr.
 fn console_url(run: &Running) -> String {
     loop {
@@ -160,7 +165,7 @@ fn the_console_shows_live_labels_edits_them_and_reports_conflicts() {
                 const other = await fetch('/api/labels/update', {{
                     method: 'POST',
                     headers: {{'content-type': 'application/json', 'authorization': 'Bearer {TOKEN}'}},
-                    body: JSON.stringify({{stream: 'cam', add: [{{name: 'a pinwheel'}}], if_version: {v1}}}),
+                    body: JSON.stringify({{stream: 'cam', add: [{{name: {TRICKY_NAME}, prompts: [{TRICKY_PROMPT}]}}], if_version: {v1}}}),
                 }});
                 const shown = Number(document.getElementById('labels-version').textContent);
                 document.getElementById('replace-button').click();
@@ -187,7 +192,7 @@ fn the_console_shows_live_labels_edits_them_and_reports_conflicts() {
     b.wait_for(
         &format!(
             "Number(document.getElementById('labels-version').textContent) === {v2}
-             && document.querySelector('#label-list [data-label=\"a pinwheel\"]') !== null"
+             && document.querySelector('#label-list [data-label=\"a pinwheel: spinning\"]') !== null"
         ),
         long,
     )
