@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod background;
 pub mod console;
 mod convert;
 mod detections;

@@ -3,8 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cliptag_proto::v1::cliptag_server::CliptagServer;
@@ -12,6 +11,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::background::Background;
 use crate::service::CliptagService;
 
 /// Threads of a server's runtime: enough for a hundred subscribers on loopback, few
@@ -106,13 +106,7 @@ pub fn parse_address(address: &str) -> Result<SocketAddr, ServerError> {
 /// then the server closes its connections.
 pub struct Server {
     config: ServerConfig,
-    local: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    background: Background,
 }
 
 impl Server {
@@ -125,39 +119,18 @@ impl Server {
                 .tls_config(tls_config(files)?)
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
         }
-        let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind {
-            address: addr,
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind {
-            address: addr,
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(ServerError::Runtime)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_THREADS)
-            .thread_name("cliptag-grpc")
-            .enable_all()
-            .build()
-            .map_err(ServerError::Runtime)?;
-        let (shutdown, stop) = watch::channel(false);
-        let service = CliptagService::new(config.token.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("cliptag-grpc-main".into())
-            .spawn(move || {
-                runtime.block_on(serve(listener, builder, service, stop));
-                // Connections still open (a client that stopped reading) are cut here.
-                runtime.shutdown_timeout(SHUTDOWN_GRACE);
-            })
-            .map_err(ServerError::Runtime)?;
-        Ok(Arc::new(Self {
-            config,
-            local,
-            shutdown,
-            thread: Mutex::new(Some(thread)),
-        }))
+        let token = config.token.clone();
+        let background = Background::start(
+            addr,
+            RUNTIME_THREADS,
+            "cliptag-grpc",
+            SHUTDOWN_GRACE,
+            move |listener, stop| {
+                let service = CliptagService::new(token, stop.clone());
+                serve(listener, builder, service, stop)
+            },
+        )?;
+        Ok(Arc::new(Self { config, background }))
     }
 
     /// The server of this process on `config.address`, started if there is none. Every
@@ -181,21 +154,12 @@ impl Server {
 
     /// The address it listens on (with the port picked when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.background.local_addr()
     }
 
     /// Whether label changes need a token.
     pub fn has_token(&self) -> bool {
         self.config.token.is_some()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(thread) = lock(&self.thread).take() {
-            let _ = thread.join();
-        }
     }
 }
 

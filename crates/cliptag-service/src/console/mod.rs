@@ -20,13 +20,12 @@ mod json;
 mod snapshots;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use snapshots::Snapshots;
 use tokio::sync::watch;
 
+use crate::background::Background;
 use crate::server::{ServerError, parse_address};
 use crate::service::CliptagService;
 
@@ -60,33 +59,13 @@ impl ConsoleConfig {
 
 /// A running console; dropping it stops it (open pages lose their connection).
 pub struct Console {
-    local: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    background: Background,
 }
 
 impl Console {
     /// Binds `config.address` and serves there on a small runtime of its own.
     pub fn start(config: ConsoleConfig) -> Result<Self, ServerError> {
         let addr = parse_address(&config.address)?;
-        let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind {
-            address: addr,
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind {
-            address: addr,
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(ServerError::Runtime)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_THREADS)
-            .thread_name("cliptag-http")
-            .enable_all()
-            .build()
-            .map_err(ServerError::Runtime)?;
-        let (shutdown, stop) = watch::channel(false);
         // A name (not an address) in --http: requests may name it in `Host`.
         let host = config
             .address
@@ -95,43 +74,27 @@ impl Console {
         let host_name = (host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('['))
             .then(|| host.to_string())
             .filter(|h| !h.is_empty());
-        let shared = api::Shared {
-            host_name,
-            token_required: config.token.is_some(),
-            service: CliptagService::new(config.token, stop.clone()),
-            snapshots: config.snapshots,
-        };
-        let thread = std::thread::Builder::new()
-            .name("cliptag-http-main".into())
-            .spawn(move || {
-                runtime.block_on(serve(listener, api::router(shared), stop));
-                runtime.shutdown_timeout(SHUTDOWN_GRACE);
-            })
-            .map_err(ServerError::Runtime)?;
-        Ok(Self {
-            local,
-            shutdown,
-            thread: Mutex::new(Some(thread)),
-        })
+        let background = Background::start(
+            addr,
+            RUNTIME_THREADS,
+            "cliptag-http",
+            SHUTDOWN_GRACE,
+            move |listener, stop| {
+                let shared = api::Shared {
+                    host_name,
+                    token_required: config.token.is_some(),
+                    service: CliptagService::new(config.token, stop.clone()),
+                    snapshots: config.snapshots,
+                };
+                serve(listener, api::router(shared), stop)
+            },
+        )?;
+        Ok(Self { background })
     }
 
     /// The address it listens on (with the port picked when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
+        self.background.local_addr()
     }
 }
 
