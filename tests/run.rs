@@ -185,3 +185,52 @@ fn a_bad_input_or_a_taken_address_is_one_clear_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn the_elements_knobs_reach_the_pipeline() {
+    let out = cliptag(&[
+        "run",
+        "--grpc",
+        "127.0.0.1:0",
+        "--duration",
+        "3",
+        "--cycle",
+        "1",
+        "--json",
+        "--interval",
+        "3",
+        "--top-k",
+        "2",
+        "--scoring",
+        "sigmoid",
+        "--max-batch",
+        "2",
+        "--stream-id",
+        "knobs",
+    ]);
+    let lines = json_lines(&out);
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let labels = line["labels"].as_array().expect("labels");
+        assert!(labels.len() <= 2, "top-k 2: {line}");
+    }
+    // "cliptag: N frames, M inferred, ..." at the end: every third frame inferred.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let counts: Vec<u64> = err
+        .lines()
+        .rev()
+        .find(|l| l.contains(" frames, ") && l.contains(" inferred"))
+        .expect("the counters line")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (frames, inferred) = (counts[0], counts[1]);
+    assert!(frames >= 20, "{err}");
+    assert!(
+        inferred.abs_diff(frames.div_ceil(3)) <= 1,
+        "interval 3: {frames} frames, {inferred} inferred"
+    );
+    let bad = cliptag(&["run", "--threshold", "1.5"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--threshold"));
+}

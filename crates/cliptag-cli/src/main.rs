@@ -5,6 +5,7 @@ mod grpc_args;
 mod label_args;
 mod model_arg;
 mod output;
+mod tuning_args;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Tag a live pipeline and serve the gRPC API beside it (the main job).
-    Run(commands::run::Args),
+    Run(Box<commands::run::Args>),
     /// Print a server's detections as they happen.
     Watch(commands::watch::Args),
     /// Read or change a server's label sets.
@@ -45,7 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args),
+        Command::Run(args) => commands::run::run(*args),
         Command::Watch(args) => commands::watch::run(args),
         Command::Labels(args) => commands::labels::run(args),
         Command::Streams(args) => commands::streams::run(args),

@@ -82,6 +82,8 @@ pub struct Args {
     /// Pictures a second the console shows of the stream (with the labels drawn on).
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=30))]
     http_fps: u32,
+    #[command(flatten)]
+    tuning: crate::tuning_args::TuningArgs,
 }
 
 fn source_description(args: &Args) -> Result<String> {
@@ -190,6 +192,7 @@ pub fn run(args: Args) -> Result<()> {
     tag.set_property("label-list", gst::Array::new(labels.iter().cloned()));
     tag.set_property("prompt-template", &args.template);
     tag.set_property("device", &args.device);
+    args.tuning.apply(&tag);
     if let Some(model) = &args.model {
         tag.set_property("model", model.display().to_string());
     }
