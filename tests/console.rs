@@ -10,8 +10,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use cliptag_end_to_end::Running;
 use cliptag_end_to_end::browser::{Browser, browser_path};
+use cliptag_end_to_end::{Running, http};
 use serde_json::Value;
 
 const TOKEN: &str = "console-test-token";
@@ -208,43 +208,6 @@ fn the_console_shows_live_labels_edits_them_and_reports_conflicts() {
     drop(b);
     let (status, _) = run.interrupt();
     assert!(status.success(), "{status}");
-}
-
-/// One HTTP/1.1 request on its own connection: the status and the body.
-fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the console");
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|h| h.starts_with("host:")) {
-        request.push_str(&format!("host: {addr}\r\n"));
-    }
-    for h in headers {
-        request.push_str(h);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    conn.write_all(request.as_bytes()).expect("send");
-    // A server refusing a large body may close before reading all of it; its reply
-    // is still there to read.
-    let _ = conn.write_all(body);
-    let mut reply = Vec::new();
-    let _ = conn.read_to_end(&mut reply);
-    let split = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete reply");
-    let head = String::from_utf8_lossy(&reply[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    (status, reply[split + 4..].to_vec())
 }
 
 /// The error body's code.

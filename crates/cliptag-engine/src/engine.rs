@@ -88,6 +88,8 @@ pub struct EngineStats {
     pub batch_sizes: Vec<u64>,
     /// Prompts in the text-embedding cache.
     pub cached_prompts: usize,
+    /// Time spent in batches (preprocessing and the forward pass), in seconds.
+    pub batch_seconds: f64,
 }
 
 pub(crate) struct Inner {
@@ -104,6 +106,8 @@ pub(crate) struct Inner {
     results: Broadcast<Arc<FrameResult>>,
     batches: AtomicU64,
     batch_sizes: Mutex<Vec<u64>>,
+    /// Nanoseconds spent in batches.
+    batch_nanos: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +121,11 @@ impl Inner {
 
     pub(crate) fn label_set(&self, id: &str) -> Option<Arc<LabelSet>> {
         lock(&self.label_sets).get(id).cloned()
+    }
+
+    pub(crate) fn record_batch_time(&self, took: std::time::Duration) {
+        self.batch_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn record_batch(&self, n: usize) {
@@ -170,6 +179,7 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             batches: AtomicU64::new(0),
             batch_sizes: Mutex::new(Vec::new()),
+            batch_nanos: AtomicU64::new(0),
         });
         let worker_inner = inner.clone();
         let worker = std::thread::Builder::new()
@@ -385,6 +395,7 @@ impl Engine {
             batches: self.inner.batches.load(Ordering::Relaxed),
             batch_sizes: lock(&self.inner.batch_sizes).clone(),
             cached_prompts: self.inner.encoder.cached_prompts(),
+            batch_seconds: self.inner.batch_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         }
     }
 }

@@ -56,6 +56,6 @@ pub use label_spec::{
     Quoted, Scoring,
 };
 pub use results::{Completion, EventKind, FrameResult, LabelEvent, LabelScore};
-pub use stats::StreamStats;
+pub use stats::{LATENCY_BUCKETS_SECONDS, LatencyHistogram, StreamStats};
 pub use stream::{Overload, ResultCallback, StreamConfig};
 pub use tracker::Smoothing;

@@ -33,6 +33,55 @@ pub struct StreamStats {
     pub latency_p99: Duration,
     /// The last inference error, if any.
     pub last_error: Option<String>,
+    /// Every inferred frame's submission-to-result latency since the stream started.
+    pub latency_histogram: LatencyHistogram,
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds (Prometheus' `le`); a
+/// last bucket holds everything above.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// A histogram of latencies over [`LATENCY_BUCKETS_SECONDS`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyHistogram {
+    /// `counts[i]`: latencies at most `LATENCY_BUCKETS_SECONDS[i]` and above the bound
+    /// before; the last entry: above every bound.
+    pub counts: [u64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    /// Their sum, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl LatencyHistogram {
+    fn record(&mut self, latency: Duration) {
+        let s = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|le| s <= *le)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        self.counts[bucket] += 1;
+        self.sum_seconds += s;
+    }
+
+    /// How many latencies were recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(upper bound, latencies at most that)` for each bound, cumulative as Prometheus
+    /// reports buckets.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        LATENCY_BUCKETS_SECONDS
+            .iter()
+            .zip(&self.counts)
+            .map(|(le, n)| {
+                total += n;
+                (*le, total)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +97,7 @@ pub(crate) struct Counters {
 #[derive(Debug, Default)]
 struct Detail {
     latencies: VecDeque<Duration>,
+    histogram: LatencyHistogram,
     batch_sizes: Vec<u64>,
     last_error: Option<String>,
 }
@@ -64,6 +114,7 @@ impl Counters {
             d.latencies.pop_front();
         }
         d.latencies.push_back(latency);
+        d.histogram.record(latency);
         if d.batch_sizes.len() <= batch {
             d.batch_sizes.resize(batch + 1, 0);
         }
@@ -101,6 +152,7 @@ impl Counters {
             latency_p50: pct(0.5),
             latency_p99: pct(0.99),
             last_error: d.last_error.clone(),
+            latency_histogram: d.histogram.clone(),
         }
     }
 }
@@ -122,5 +174,12 @@ mod tests {
         assert_eq!(s.batch_sizes[1], 50);
         assert_eq!(s.batch_sizes[8], 50);
         assert_eq!((s.queue_depth, s.pending), (3, 4));
+        // 1..=100 ms: 1 at most 1 ms, 1 more up to 2, 3 up to 5, 5 up to 10, 10 up to
+        // 20, 30 up to 50, 50 up to 100.
+        let h = &s.latency_histogram;
+        assert_eq!(h.count(), 100);
+        assert_eq!(&h.counts[..8], &[1, 1, 3, 5, 10, 30, 50, 0]);
+        assert_eq!(h.cumulative()[6], (0.1, 100));
+        assert!((h.sum_seconds - 5.05).abs() < 1e-9, "{}", h.sum_seconds);
     }
 }

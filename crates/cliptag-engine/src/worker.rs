@@ -115,6 +115,7 @@ fn collect(streams: &[Arc<StreamShared>], round: usize, max: usize, batch: &mut 
 fn infer(inner: &Inner, batch: &mut Batch) {
     let n = batch.len();
     inner.record_batch(n);
+    let started = std::time::Instant::now();
     // The label sets are read once per batch: a swap lands between batches, never inside.
     let ids: Vec<String> = batch.iter().map(|(s, _)| s.label_set_id()).collect();
     let mut sets: HashMap<&str, Option<Arc<LabelSet>>> = HashMap::new();
@@ -141,6 +142,7 @@ fn infer(inner: &Inner, batch: &mut Batch) {
             .and_then(|e| l2_normalize(&e))
             .and_then(|e| Ok(e.to_dtype(DType::F32)?.to_vec2::<f32>()?))
     };
+    inner.record_batch_time(started.elapsed());
     let mut rows = match embeddings {
         Ok(rows) => rows.into_iter(),
         Err(e) => {

@@ -162,7 +162,10 @@ impl Subscriber {
             while taken < limit {
                 let message = match source.subscription.try_recv() {
                     None | Some(Received::Closed) => break,
-                    Some(Received::Lagged(n)) => lagged(n),
+                    Some(Received::Lagged(n)) => {
+                        hub().count_missed(n);
+                        lagged(n)
+                    }
                     Some(Received::Item(result)) => {
                         taken += 1;
                         match self.filter.apply(&result) {
@@ -204,6 +207,7 @@ impl Subscriber {
     /// Feeds `out` until the client goes away, or `shutdown` turns true and what was
     /// published before it has been sent.
     pub async fn run(mut self, out: Outbox, mut shutdown: watch::Receiver<bool>) {
+        let _connected = crate::hub::Connected::new();
         loop {
             if *shutdown.borrow_and_update() {
                 self.finish(&out).await;

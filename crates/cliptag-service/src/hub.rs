@@ -39,6 +39,10 @@ pub struct Hub {
     activity: watch::Sender<u64>,
     /// Bumped when the set of engines changes.
     membership: watch::Sender<u64>,
+    /// Detection subscribers (gRPC and the console) connected now.
+    subscribers: std::sync::atomic::AtomicU64,
+    /// Results subscribers missed because they read too slowly, since the start.
+    missed: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,7 +59,27 @@ static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
     servers: Mutex::new(HashMap::new()),
     activity: watch::channel(0).0,
     membership: watch::channel(0).0,
+    subscribers: std::sync::atomic::AtomicU64::new(0),
+    missed: std::sync::atomic::AtomicU64::new(0),
 });
+
+/// Counts a detection subscriber as connected while it lives.
+pub(crate) struct Connected(());
+
+impl Connected {
+    pub(crate) fn new() -> Self {
+        HUB.subscribers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        HUB.subscribers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// The hub of this process.
 pub fn hub() -> &'static Hub {
@@ -83,6 +107,18 @@ impl Drop for Registration {
 }
 
 impl Hub {
+    /// Detection subscribers connected now, and the results subscribers have missed
+    /// (read too slowly) since the process started.
+    pub fn subscriber_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.subscribers.load(Relaxed), self.missed.load(Relaxed))
+    }
+
+    pub(crate) fn count_missed(&self, n: u64) {
+        self.missed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Serves `engine`'s streams until the registration is dropped. Registering one
     /// engine several times is fine; it stays until the last registration goes.
     pub fn register(&self, engine: &Arc<Engine>) -> Registration {

@@ -22,6 +22,7 @@ pub mod console;
 mod convert;
 mod detections;
 mod hub;
+pub mod metrics;
 mod server;
 mod service;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use cliptag_engine::{Engine, FrameResult, Received};
 use cliptag_service::console::{Console, ConsoleConfig, Snapshots};
+use cliptag_service::metrics::MetricsServer;
 use cliptag_service::{Server, ServerConfig, TlsFiles};
 use gst::prelude::*;
 use serde_json::json;
@@ -82,6 +83,10 @@ pub struct Args {
     /// Pictures a second the console shows of the stream (with the labels drawn on).
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=30))]
     http_fps: u32,
+    /// Serve Prometheus metrics on GET /metrics here: host:port, or a bare port on
+    /// 127.0.0.1 (0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     #[command(flatten)]
     tuning: crate::tuning_args::TuningArgs,
 }
@@ -152,6 +157,12 @@ pub fn run(args: Args) -> Result<()> {
             })
             .context("cannot start the web console")?,
         ),
+        None => None,
+    };
+    let metrics = match &args.metrics {
+        Some(address) => {
+            Some(MetricsServer::start(address).context("cannot start the metrics endpoint")?)
+        }
         None => None,
     };
     let server = Server::shared(ServerConfig {
@@ -240,6 +251,12 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
 
+    if let Some(metrics) = &metrics {
+        eprintln!(
+            "cliptag: metrics on http://{}/metrics",
+            metrics.local_addr()
+        );
+    }
     if let Some(console) = &console {
         eprintln!(
             "cliptag: web console on http://{}/{}",
@@ -310,6 +327,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let _ = printer.join();
     drop(console);
+    drop(metrics);
     drop(server);
     if let Some(s) = stats {
         let get = |k: &str| s.get::<u64>(k).unwrap_or(0);
