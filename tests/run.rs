@@ -234,3 +234,56 @@ fn the_elements_knobs_reach_the_pipeline() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--threshold"));
 }
+
+#[test]
+fn logs_are_json_lines_on_request_and_plain_lines_otherwise() {
+    let json = cliptag(&[
+        "--log-format",
+        "json",
+        "run",
+        "--grpc",
+        "127.0.0.1:0",
+        "--duration",
+        "1.5",
+    ]);
+    assert!(json.status.success());
+    let err = String::from_utf8_lossy(&json.stderr);
+    let lines: Vec<Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("serving cliptag.v1 on "))),
+        "{err}"
+    );
+    // An error is a JSON line too, at level ERROR.
+    let failed = cliptag(&[
+        "run",
+        "--log-format",
+        "json",
+        "--input",
+        "/nonexistent/clip.webm",
+    ]);
+    assert!(!failed.status.success());
+    let line: Value = serde_json::from_slice(failed.stderr.trim_ascii()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/clip.webm"))
+    );
+    // Plain: the same events as `cliptag: ...` lines.
+    let plain = cliptag(&["run", "--grpc", "127.0.0.1:0", "--duration", "1.5"]);
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(err.lines().all(|l| l.starts_with("cliptag: ")), "{err}");
+    assert!(err.contains("cliptag: serving cliptag.v1 on "), "{err}");
+}

@@ -3,6 +3,7 @@
 mod commands;
 mod grpc_args;
 mod label_args;
+mod logging;
 mod model_arg;
 mod output;
 mod tuning_args;
@@ -15,6 +16,16 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "cliptag", version, about)]
 struct Cli {
+    /// How log lines on standard error look: plain, or one JSON object per line
+    /// (which events: CLIPTAG_LOG, e.g. debug; info by default).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "plain",
+        env = "CLIPTAG_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +56,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => commands::run::run(*args),
         Command::Watch(args) => commands::watch::run(args),
@@ -63,7 +75,7 @@ fn main() -> ExitCode {
         Err(error) if output::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the whole cause chain, outermost first.
-            eprintln!("cliptag: error: {error:#}");
+            tracing::error!("{error:#}");
             ExitCode::FAILURE
         }
     }

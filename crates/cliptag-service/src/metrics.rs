@@ -428,7 +428,7 @@ async fn serve(listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cliptag: metrics listener failed: {e}");
+            tracing::error!("metrics listener failed: {e}");
             return;
         }
     };
@@ -437,7 +437,7 @@ async fn serve(listener: TcpListener, mut stop: watch::Receiver<bool>) {
         let _ = stop.wait_for(|s| *s).await;
     });
     if let Err(e) = serving.await {
-        eprintln!("cliptag: metrics server failed: {e}");
+        tracing::error!("metrics server failed: {e}");
     }
 }
 

@@ -181,7 +181,7 @@ async fn serve(
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cliptag: gRPC listener failed: {e}");
+            tracing::error!("gRPC listener failed: {e}");
             return;
         }
     };
@@ -197,7 +197,7 @@ async fn serve(
         match (reflection().build_v1(), reflection().build_v1alpha()) {
             (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!("cliptag: gRPC reflection failed: {e}");
+                tracing::error!("gRPC reflection failed: {e}");
                 return;
             }
         };
@@ -224,8 +224,8 @@ async fn serve(
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     tokio::select! {
         done = serving => match done {
-            Ok(Err(e)) => eprintln!("cliptag: gRPC server failed: {e}"),
-            Err(e) => eprintln!("cliptag: gRPC server failed: {e}"),
+            Ok(Err(e)) => tracing::error!("gRPC server failed: {e}"),
+            Err(e) => tracing::error!("gRPC server failed: {e}"),
             Ok(Ok(())) => {}
         },
         // Graceful shutdown waits for every response to finish; a client that stopped

@@ -67,8 +67,8 @@ pub fn run(args: Args) -> Result<()> {
         let (embeds, tokens) = model.embed_texts(&args.texts)?;
         for (text, t) in args.texts.iter().zip(&tokens) {
             if t.truncated() {
-                eprintln!(
-                    "cliptag: warning: {text:?} is {} tokens, truncated to {}",
+                tracing::warn!(
+                    "{text:?} is {} tokens, truncated to {}",
                     t.full_len,
                     t.ids.len()
                 );

@@ -220,8 +220,8 @@ pub fn run(args: Args) -> Result<()> {
         let _ = pipeline.set_state(gst::State::Null);
         bail!("the element registered no engine");
     };
-    eprintln!(
-        "cliptag: stream {:?} with {}; labels: {}",
+    tracing::info!(
+        "stream {:?} with {}; labels: {}",
         args.stream_id,
         engine.model().source,
         labels.join(", ")
@@ -241,8 +241,8 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         "plain text"
     };
-    eprintln!(
-        "cliptag: serving cliptag.v1 on {} ({scheme}{})",
+    tracing::info!(
+        "serving cliptag.v1 on {} ({scheme}{})",
         server.local_addr(),
         if server.has_token() {
             ", token required for label changes"
@@ -252,14 +252,11 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     if let Some(metrics) = &metrics {
-        eprintln!(
-            "cliptag: metrics on http://{}/metrics",
-            metrics.local_addr()
-        );
+        tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
     }
     if let Some(console) = &console {
-        eprintln!(
-            "cliptag: web console on http://{}/{}",
+        tracing::info!(
+            "web console on http://{}/{}",
             console.local_addr(),
             if args.token.is_some() {
                 " (token required for label changes)"
@@ -268,8 +265,8 @@ pub fn run(args: Args) -> Result<()> {
             }
         );
         if args.token.is_some() && !console.local_addr().ip().is_loopback() {
-            eprintln!(
-                "cliptag: warning: the console speaks plain HTTP: the token crosses the network \
+            tracing::warn!(
+                "the console speaks plain HTTP: the token crosses the network \
                  unencrypted (put a TLS proxy in front of it, or keep it on loopback)"
             );
         }
@@ -315,7 +312,7 @@ pub fn run(args: Args) -> Result<()> {
                 ));
                 break;
             }
-            gst::MessageView::Warning(w) => eprintln!("cliptag: warning: {}", w.error()),
+            gst::MessageView::Warning(w) => tracing::warn!("{}", w.error()),
             _ => {}
         }
     }
@@ -331,8 +328,8 @@ pub fn run(args: Args) -> Result<()> {
     drop(server);
     if let Some(s) = stats {
         let get = |k: &str| s.get::<u64>(k).unwrap_or(0);
-        eprintln!(
-            "cliptag: {} frames, {} inferred, {} skipped, labels v{}",
+        tracing::info!(
+            "{} frames, {} inferred, {} skipped, labels v{}",
             get("frames-in"),
             get("inferred"),
             get("skipped"),
@@ -392,7 +389,7 @@ fn spawn_ctrl_c(pipeline: &gst::Pipeline) -> Result<Arc<AtomicBool>> {
         .spawn(move || {
             runtime.block_on(async {
                 if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("cliptag: stopping");
+                    tracing::info!("stopping");
                     set.store(true, Ordering::Relaxed);
                     if let Some(p) = weak.upgrade() {
                         p.send_event(gst::event::Eos::new());
@@ -422,7 +419,7 @@ fn spawn_cycler(
                 std::thread::sleep(Duration::from_millis(50));
             }
             src.set_property_from_str("pattern", pattern);
-            eprintln!("cliptag: the test source shows pattern={pattern} now");
+            tracing::info!("the test source shows pattern={pattern} now");
         }
     })
 }

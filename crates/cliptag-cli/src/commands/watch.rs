@@ -79,7 +79,7 @@ async fn watch(args: Args) -> Result<()> {
             return Ok(()); // duration or Ctrl-C
         };
         let Some(message) = message else {
-            eprintln!("cliptag: the server ended the stream");
+            tracing::info!("the server ended the stream");
             return Ok(());
         };
         match message.map_err(describe)?.event {

@@ -102,7 +102,7 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Rec
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cliptag: console listener failed: {e}");
+            tracing::error!("console listener failed: {e}");
             return;
         }
     };
@@ -112,7 +112,7 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Rec
     });
     tokio::select! {
         done = serving => if let Err(e) = done {
-            eprintln!("cliptag: console failed: {e}");
+            tracing::error!("console failed: {e}");
         },
         // Open event streams would hold a graceful shutdown forever.
         _ = async {
