@@ -58,8 +58,15 @@ impl Running {
     /// `cliptag run --grpc 127.0.0.1:0 <args>`, its stdout as `stdout` says; returns once
     /// it says where it serves.
     pub fn start(args: &[&str], stdout: Stdio) -> Self {
+        let mut all = vec!["run", "--grpc", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_command(&all, stdout)
+    }
+
+    /// `cliptag <args>` (a command that serves gRPC and says where); returns once it
+    /// says where it serves.
+    pub fn start_command(args: &[&str], stdout: Stdio) -> Self {
         let mut child = Command::new(cliptag_bin())
-            .args(["run", "--grpc", "127.0.0.1:0"])
             .args(args)
             .stdout(stdout)
             .stderr(Stdio::piped())

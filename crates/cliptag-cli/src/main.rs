@@ -6,6 +6,7 @@ mod label_args;
 mod logging;
 mod model_arg;
 mod output;
+mod serve_config;
 mod tuning_args;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Tag a live pipeline and serve the gRPC API beside it (the main job).
     Run(Box<commands::run::Args>),
+    /// Run the streams, engines and servers of a configuration file (many cameras, one
+    /// process).
+    Serve(commands::serve::Args),
     /// Print a server's detections as they happen.
     Watch(commands::watch::Args),
     /// Read or change a server's label sets.
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => commands::run::run(*args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Watch(args) => commands::watch::run(args),
         Command::Labels(args) => commands::labels::run(args),
         Command::Streams(args) => commands::streams::run(args),

@@ -9,5 +9,6 @@ pub mod eval;
 pub mod labels;
 pub mod preprocess;
 pub mod run;
+pub mod serve;
 pub mod streams;
 pub mod watch;

@@ -93,20 +93,7 @@ pub struct Args {
 
 fn source_description(args: &Args) -> Result<String> {
     if let Some(input) = &args.input {
-        let uri = if input.contains("://") {
-            input.clone()
-        } else {
-            let path = std::fs::canonicalize(input)
-                .with_context(|| format!("cannot open input {input}"))?;
-            gst::glib::filename_to_uri(&path, None)
-                .with_context(|| format!("cannot make a URI of {}", path.display()))?
-                .to_string()
-        };
-        // The sink synchronizes: a file plays at its own pace, like a live feed.
-        return Ok(format!(
-            "uridecodebin uri=\"{}\" ! videoconvert",
-            uri.replace('"', "%22")
-        ));
+        return input_description(input);
     }
     let (size, fps) = args
         .test_format
@@ -175,23 +162,10 @@ pub fn run(args: Args) -> Result<()> {
             .map(|(cert, key)| TlsFiles { cert, key }),
     })
     .context("cannot start the gRPC server")?;
-    let description = match &args.http {
-        None => format!(
-            "{} ! cliptag name=tag ! fakesink sync=true",
-            source_description(&args)?
-        ),
-        // A second branch for the console's pictures: at most one frame waits there
-        // (older ones are dropped, never holding the tagging branch back), thinned to
-        // --http-fps before the overlay draws on it and it is encoded.
-        Some(_) => format!(
-            "{} ! cliptag name=tag ! tee name=split ! queue ! fakesink sync=true \
-             split. ! queue leaky=downstream max-size-buffers=1 \
-             ! videorate drop-only=true max-rate={} ! cliptagoverlay ! videoconvert \
-             ! jpegenc quality=80 ! appsink name=snapshots sync=false max-buffers=1 drop=true",
-            source_description(&args)?,
-            args.http_fps
-        ),
-    };
+    let description = tagging_pipeline(
+        &source_description(&args)?,
+        args.http.is_some().then_some(args.http_fps),
+    );
     let pipeline = gst::parse::launch(&description)
         .with_context(|| format!("cannot build the pipeline {description}"))?
         .downcast::<gst::Pipeline>()
@@ -339,8 +313,46 @@ pub fn run(args: Args) -> Result<()> {
     outcome
 }
 
+/// `source ! cliptag name=tag ! fakesink`, and with `snapshots_fps`, a second branch
+/// for the console's pictures: at most one frame waits there (older ones are dropped,
+/// never holding the tagging branch back), thinned to that rate before the overlay
+/// draws on it and it is encoded, into an appsink named `snapshots`.
+pub(crate) fn tagging_pipeline(source: &str, snapshots_fps: Option<u32>) -> String {
+    match snapshots_fps {
+        None => format!("{source} ! cliptag name=tag ! fakesink sync=true"),
+        Some(fps) => format!(
+            "{source} ! cliptag name=tag ! tee name=split ! queue ! fakesink sync=true \
+             split. ! queue leaky=downstream max-size-buffers=1 \
+             ! videorate drop-only=true max-rate={fps} ! cliptagoverlay ! videoconvert \
+             ! jpegenc quality=80 ! appsink name=snapshots sync=false max-buffers=1 drop=true"
+        ),
+    }
+}
+
+/// `uridecodebin` for a URI or a file (the sink synchronizes: a file plays at its own
+/// pace, like a live feed).
+pub(crate) fn input_description(input: &str) -> Result<String> {
+    let uri = if input.contains("://") {
+        input.to_string()
+    } else {
+        let path =
+            std::fs::canonicalize(input).with_context(|| format!("cannot open input {input}"))?;
+        gst::glib::filename_to_uri(&path, None)
+            .with_context(|| format!("cannot make a URI of {}", path.display()))?
+            .to_string()
+    };
+    Ok(format!(
+        "uridecodebin uri=\"{}\" ! videoconvert",
+        uri.replace('"', "%22")
+    ))
+}
+
 /// Puts every JPEG the pipeline's `snapshots` appsink makes on the console's board.
-fn deliver_snapshots(sink: &gst::Element, board: &Snapshots, stream: &str) -> Result<()> {
+pub(crate) fn deliver_snapshots(
+    sink: &gst::Element,
+    board: &Snapshots,
+    stream: &str,
+) -> Result<()> {
     let sink = sink
         .clone()
         .downcast::<gst_app::AppSink>()

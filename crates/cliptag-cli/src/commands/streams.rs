@@ -43,6 +43,7 @@ pub fn run(args: Args) -> Result<()> {
                         "failed": stats.failed,
                         "latency_p50_us": stats.latency_p50_us,
                         "latency_p99_us": stats.latency_p99_us,
+                        "batch_sizes": stats.batch_sizes,
                     })
                 )?;
             } else {

@@ -1,0 +1,386 @@
+//! `cliptag serve --config cliptag.toml`: many streams in one process, sharing engines
+//! (streams naming the same engine are batched together), with the gRPC service, and
+//! the web console and metrics when configured. Each stream runs in a pipeline of its
+//! own under a supervisor: a source that fails (a camera unplugged, an RTSP server gone)
+//! is started again with backoff and reported, without touching the other streams.
+//! Ctrl-C or SIGTERM stops every stream cleanly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use cliptag_service::console::{Console, ConsoleConfig, Snapshots};
+use cliptag_service::metrics::MetricsServer;
+use cliptag_service::{Server, ServerConfig, TlsFiles};
+use gst::prelude::*;
+
+use super::run::{deliver_snapshots, input_description, tagging_pipeline};
+use crate::output::outln;
+use crate::serve_config::{Config, EngineConfig, Restart, StreamConfig};
+
+/// Arguments of `cliptag serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration file (TOML; see the README's "Running it as a service").
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Check the file and list what it would run; start nothing.
+    #[arg(long)]
+    check: bool,
+}
+
+/// First wait before a failed stream starts again; doubled after each failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A stream that ran this long before failing starts again after the first wait.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// Pictures a second for the console.
+const SNAPSHOT_FPS: u32 = 4;
+/// Size and rate of test-pattern streams.
+const TEST_FORMAT: &str = "video/x-raw,width=320,height=240,framerate=15/1";
+
+/// Runs the configuration until Ctrl-C or SIGTERM (or every stream has ended).
+pub fn run(args: Args) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    if args.check {
+        return print_check(&config);
+    }
+    gst::init().context("cannot initialise GStreamer")?;
+    gstcliptag::register_static().context("cannot register the cliptag elements")?;
+    let server_cfg = &config.server;
+    let snapshots = Snapshots::new();
+    let console = match &server_cfg.http {
+        Some(address) => Some(
+            Console::start(ConsoleConfig {
+                address: address.clone(),
+                token: server_cfg.token.clone(),
+                snapshots: snapshots.clone(),
+            })
+            .context("cannot start the web console")?,
+        ),
+        None => None,
+    };
+    let metrics = match &server_cfg.metrics {
+        Some(address) => {
+            Some(MetricsServer::start(address).context("cannot start the metrics endpoint")?)
+        }
+        None => None,
+    };
+    let server = Server::shared(ServerConfig {
+        address: server_cfg.grpc.clone(),
+        token: server_cfg.token.clone(),
+        tls: server_cfg
+            .tls_cert
+            .clone()
+            .zip(server_cfg.tls_key.clone())
+            .map(|(cert, key)| TlsFiles { cert, key }),
+    })
+    .context("cannot start the gRPC server")?;
+    tracing::info!(
+        "serving cliptag.v1 on {} ({}{})",
+        server.local_addr(),
+        if server_cfg.tls_cert.is_some() {
+            "TLS"
+        } else {
+            "plain text"
+        },
+        if server.has_token() {
+            ", token required for label changes"
+        } else {
+            ""
+        }
+    );
+    if let Some(console) = &console {
+        tracing::info!("web console on http://{}/", console.local_addr());
+    }
+    if let Some(metrics) = &metrics {
+        tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(stop.clone())?;
+    let supervisors: Vec<_> = config
+        .streams
+        .iter()
+        .map(|stream| {
+            let supervisor = Supervisor {
+                stream: stream.clone(),
+                engine: config
+                    .engines
+                    .get(stream.engine_name())
+                    .cloned()
+                    .unwrap_or_default(),
+                snapshots: console.as_ref().map(|_| snapshots.clone()),
+                stop: stop.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("cliptag-stream-{}", stream.id))
+                .spawn(move || supervisor.run())
+                .context("cannot start a stream's supervisor")
+        })
+        .collect::<Result<_>>()?;
+    for s in supervisors {
+        let _ = s.join();
+    }
+    drop(console);
+    drop(metrics);
+    drop(server);
+    Ok(())
+}
+
+fn print_check(config: &Config) -> Result<()> {
+    outln!(
+        "config ok: {} stream(s), {} engine(s); gRPC on {}{}{}",
+        config.streams.len(),
+        config.engines.len(),
+        config.server.grpc,
+        config
+            .server
+            .http
+            .as_ref()
+            .map(|h| format!(", console on {h}"))
+            .unwrap_or_default(),
+        config
+            .server
+            .metrics
+            .as_ref()
+            .map(|m| format!(", metrics on {m}"))
+            .unwrap_or_default(),
+    )?;
+    for s in &config.streams {
+        let source = s
+            .uri
+            .clone()
+            .or_else(|| s.file.as_ref().map(|f| f.display().to_string()))
+            .or_else(|| s.test_pattern.as_ref().map(|p| format!("test pattern {p}")))
+            .unwrap_or_default();
+        outln!("  stream {}: {source} on engine {}", s.id, s.engine_name())?;
+    }
+    Ok(())
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM (what systemd sends).
+fn spawn_signal_handler(stop: Arc<AtomicBool>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    std::thread::Builder::new()
+        .name("cliptag-signal".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let terminated = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = terminated => {}
+                }
+                tracing::info!("stopping");
+                stop.store(true, Ordering::Relaxed);
+            })
+        })
+        .context("cannot start the signal handler")?;
+    Ok(())
+}
+
+/// How one run of a stream's pipeline ended.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// The input ended.
+    Eos,
+    /// An error, with its message.
+    Failed(String),
+}
+
+/// Keeps one stream running.
+struct Supervisor {
+    stream: StreamConfig,
+    engine: EngineConfig,
+    snapshots: Option<Snapshots>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Supervisor {
+    fn run(self) {
+        let id = &self.stream.id;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let ended = self.run_once();
+            let ran = started.elapsed();
+            match ended {
+                Ended::Stopped => return,
+                Ended::Eos if self.stream.restart == Restart::Always => {
+                    tracing::info!("stream {id:?} reached the end of its input; starting it again");
+                    backoff = FIRST_BACKOFF;
+                    continue;
+                }
+                Ended::Eos => {
+                    tracing::info!("stream {id:?} reached the end of its input");
+                    return;
+                }
+                Ended::Failed(why) if self.stream.restart == Restart::Never => {
+                    tracing::error!(
+                        "stream {id:?} failed: {why}; not restarting (restart = \"never\")"
+                    );
+                    return;
+                }
+                Ended::Failed(why) => {
+                    if ran >= HEALTHY_RUN {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    tracing::warn!(
+                        "stream {id:?} failed: {why}; restarting in {:.0} s",
+                        backoff.as_secs_f64()
+                    );
+                    if !self.wait(backoff) {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Sleeps `d` unless asked to stop first; whether to go on.
+    fn wait(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    fn source(&self) -> Result<String> {
+        let s = &self.stream;
+        if let Some(uri) = &s.uri {
+            return input_description(uri);
+        }
+        if let Some(file) = &s.file {
+            return input_description(&file.display().to_string());
+        }
+        let pattern = s.test_pattern.as_deref().unwrap_or("smpte");
+        Ok(format!(
+            "videotestsrc is-live=true pattern={} ! {TEST_FORMAT}",
+            pattern.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
+        ))
+    }
+
+    /// Builds the pipeline and runs it until it ends, fails or is asked to stop.
+    fn run_once(&self) -> Ended {
+        let pipeline = match self.build() {
+            Ok(p) => p,
+            Err(e) => return Ended::Failed(format!("{e:#}")),
+        };
+        let ended = self.play(&pipeline);
+        let _ = pipeline.set_state(gst::State::Null);
+        if let Some(board) = &self.snapshots {
+            board.remove(&self.stream.id);
+        }
+        ended
+    }
+
+    fn build(&self) -> Result<gst::Pipeline> {
+        let description = tagging_pipeline(
+            &self.source()?,
+            self.snapshots.as_ref().map(|_| SNAPSHOT_FPS),
+        );
+        let pipeline = gst::parse::launch(&description)
+            .with_context(|| format!("cannot build the pipeline {description}"))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| anyhow!("not a pipeline: {description}"))?;
+        let tag = pipeline
+            .by_name("tag")
+            .ok_or_else(|| anyhow!("no cliptag element in the pipeline"))?;
+        let s = &self.stream;
+        tag.set_property("stream-id", &s.id);
+        // Engines by name, kept apart from ids other code in the process may use.
+        tag.set_property("engine-id", format!("serve:{}", s.engine_name()));
+        if let Some(labels) = &s.labels {
+            tag.set_property("label-list", gst::Array::new(labels.iter().cloned()));
+        }
+        if let Some(template) = &s.template {
+            tag.set_property("prompt-template", template);
+        }
+        if let Some(model) = &self.engine.model {
+            tag.set_property("model", model.display().to_string());
+        }
+        if let Some(device) = &self.engine.device {
+            tag.set_property("device", device);
+        }
+        s.tuning(&self.engine).apply(&tag);
+        if let (Some(board), Some(sink)) = (&self.snapshots, pipeline.by_name("snapshots")) {
+            deliver_snapshots(&sink, board, &s.id)?;
+        }
+        Ok(pipeline)
+    }
+
+    fn play(&self, pipeline: &gst::Pipeline) -> Ended {
+        let Some(bus) = pipeline.bus() else {
+            return Ended::Failed("the pipeline has no bus".into());
+        };
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            return Ended::Failed(
+                first_error(&bus).unwrap_or_else(|| "the pipeline did not start".into()),
+            );
+        }
+        tracing::info!("stream {:?} playing", self.stream.id);
+        let mut eos_sent: Option<Instant> = None;
+        loop {
+            if self.stop.load(Ordering::Relaxed) && eos_sent.is_none() {
+                // Every frame in flight is tagged before the end.
+                pipeline.send_event(gst::event::Eos::new());
+                eos_sent = Some(Instant::now());
+            }
+            if eos_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+                return Ended::Stopped; // a source that ignores EOS
+            }
+            let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
+                continue;
+            };
+            match msg.view() {
+                gst::MessageView::Eos(_) if eos_sent.is_some() => return Ended::Stopped,
+                gst::MessageView::Eos(_) => return Ended::Eos,
+                gst::MessageView::Error(e) => return Ended::Failed(describe_error(e)),
+                gst::MessageView::Warning(w) => {
+                    tracing::warn!("stream {:?}: {}", self.stream.id, w.error())
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The error and its details on one line.
+fn describe_error(e: &gst::message::Error) -> String {
+    format!(
+        "{}{}",
+        e.error(),
+        e.debug().map(|d| format!(" ({d})")).unwrap_or_default()
+    )
+    .replace('\n', " ")
+}
+
+fn first_error(bus: &gst::Bus) -> Option<String> {
+    let msg =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(describe_error(e)),
+        _ => None,
+    }
+}

@@ -1,0 +1,347 @@
+//! `cliptag serve`'s configuration file (TOML): the servers, the engines streams share,
+//! and the streams. Unknown keys are errors; every error names the file, and for what
+//! TOML itself refuses, the line, column and key.
+//!
+//! ```toml
+//! [server]
+//! grpc = "127.0.0.1:50051"
+//! # token = "secret"          label changes need it (also for the console)
+//! # http = "127.0.0.1:8080"   the web console
+//! # metrics = "127.0.0.1:9464"
+//!
+//! [engines.main]              # any number; streams name one ("default" when none is declared)
+//! # model = "/models/clip-vit-base-patch32"   without it, the bundled model
+//! device = "cpu"
+//! max_batch = 8
+//! max_latency_ms = 30
+//!
+//! [[streams]]
+//! id = "door"
+//! uri = "rtsp://camera.local/stream"   # or file = "clip.webm", or test_pattern = "ball"
+//! engine = "main"
+//! labels = ["a person", "a car", "an empty street"]
+//! template = "a photo of {}"
+//! interval = 2
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::tuning_args::TuningArgs;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the process serves.
+    #[serde(default)]
+    pub server: Server,
+    /// Engines by name.
+    #[serde(default)]
+    pub engines: BTreeMap<String, EngineConfig>,
+    /// The streams.
+    pub streams: Vec<StreamConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// The gRPC address.
+    #[serde(default = "default_grpc")]
+    pub grpc: String,
+    /// Token for label changes (gRPC and the console).
+    pub token: Option<String>,
+    /// TLS certificate chain (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The web console's address.
+    pub http: Option<String>,
+    /// The metrics endpoint's address.
+    pub metrics: Option<String>,
+}
+
+fn default_grpc() -> String {
+    "127.0.0.1:50051".into()
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            token: None,
+            tls_cert: None,
+            tls_key: None,
+            http: None,
+            metrics: None,
+        }
+    }
+}
+
+/// `[engines.NAME]`: one model in memory, batching every stream that names it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Hugging Face CLIP directory; the bundled model without it.
+    pub model: Option<PathBuf>,
+    /// cpu, cuda:N or auto.
+    pub device: Option<String>,
+    /// auto, f32, f16 or bf16.
+    pub dtype: Option<String>,
+    /// Most frames per forward pass.
+    pub max_batch: Option<u32>,
+    /// Longest a frame waits for its batch, in milliseconds.
+    pub max_latency_ms: Option<u32>,
+}
+
+/// When a stream's pipeline is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// After an error (a camera unplugged, a server gone), with backoff; the end of a
+    /// file ends the stream.
+    #[default]
+    OnError,
+    /// After an error and at the end of the input (a file played in a loop).
+    Always,
+    /// Never: the stream ends with its first error.
+    Never,
+}
+
+/// `[[streams]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// The stream's id in results and over gRPC.
+    pub id: String,
+    /// Anything `uridecodebin` plays.
+    pub uri: Option<String>,
+    /// A local file.
+    pub file: Option<PathBuf>,
+    /// A live `videotestsrc` pattern (ball, smpte, snow, ...).
+    pub test_pattern: Option<String>,
+    /// The engine's name.
+    pub engine: Option<String>,
+    /// Labels; the element's default set without them.
+    pub labels: Option<Vec<String>>,
+    /// Prompt template with `{}` once.
+    pub template: Option<String>,
+    /// When to start the pipeline again.
+    #[serde(default)]
+    pub restart: Restart,
+    /// Infer every Nth frame.
+    pub interval: Option<u32>,
+    /// sync or async.
+    pub mode: Option<String>,
+    /// block or skip.
+    pub overload: Option<String>,
+    /// Moving-average weight of scores (0 to 0.99).
+    pub smoothing: Option<f64>,
+    /// Labels per frame.
+    pub top_k: Option<u32>,
+    /// Score at which a label counts as present.
+    pub threshold: Option<f64>,
+    /// softmax or sigmoid.
+    pub scoring: Option<String>,
+}
+
+/// The engine streams use when they name none and the file declares none.
+pub const DEFAULT_ENGINE: &str = "default";
+
+impl StreamConfig {
+    /// The `cliptag` element's tuning this stream asks for (engine settings included).
+    pub fn tuning(&self, engine: &EngineConfig) -> TuningArgs {
+        TuningArgs {
+            interval: self.interval,
+            mode: self.mode.clone(),
+            overload: self.overload.clone(),
+            max_batch: engine.max_batch,
+            max_latency: engine.max_latency_ms,
+            dtype: engine.dtype.clone(),
+            smoothing: self.smoothing,
+            top_k: self.top_k,
+            threshold: self.threshold,
+            scoring: self.scoring.clone(),
+        }
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &str {
+        self.engine.as_deref().unwrap_or(DEFAULT_ENGINE)
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks `text`, read from `path` (for messages; relative file paths
+    /// of streams are taken from the config's directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let at = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+        if config.streams.is_empty() {
+            return Err(at("no [[streams]]: nothing to run".into()));
+        }
+        if config.engines.is_empty() {
+            config
+                .engines
+                .insert(DEFAULT_ENGINE.into(), EngineConfig::default());
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut ids = HashSet::new();
+        for (i, s) in config.streams.iter_mut().enumerate() {
+            let name = format!("streams[{i}] (id {:?})", s.id);
+            if s.id.trim().is_empty() || s.id.trim() != s.id {
+                return Err(at(format!(
+                    "{name}: id must be non-empty, without surrounding spaces"
+                )));
+            }
+            if !ids.insert(s.id.clone()) {
+                return Err(at(format!("{name}: id used by an earlier stream")));
+            }
+            let sources = [s.uri.is_some(), s.file.is_some(), s.test_pattern.is_some()];
+            if sources.iter().filter(|b| **b).count() != 1 {
+                return Err(at(format!(
+                    "{name}: give exactly one of uri, file, test_pattern"
+                )));
+            }
+            if let Some(file) = &mut s.file
+                && file.is_relative()
+            {
+                *file = base.join(&*file);
+            }
+            if !config.engines.contains_key(s.engine_name()) {
+                return Err(at(format!(
+                    "{name}: engine {:?} is not declared (engines: {})",
+                    s.engine_name(),
+                    config
+                        .engines
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if s.labels
+                .as_ref()
+                .is_some_and(|l| l.iter().all(|l| l.trim().is_empty()))
+            {
+                return Err(at(format!("{name}: labels is empty")));
+            }
+            check_choice(&name, "mode", &s.mode, &["sync", "async"]).map_err(at)?;
+            check_choice(&name, "overload", &s.overload, &["block", "skip"]).map_err(at)?;
+            check_choice(&name, "scoring", &s.scoring, &["softmax", "sigmoid"]).map_err(at)?;
+            check_range(&name, "threshold", s.threshold, 0.0, 1.0).map_err(at)?;
+            check_range(&name, "smoothing", s.smoothing, 0.0, 0.99).map_err(at)?;
+            if s.interval == Some(0) {
+                return Err(at(format!("{name}: interval must be at least 1")));
+            }
+        }
+        for (name, e) in &config.engines {
+            let name = format!("engines.{name}");
+            check_choice(&name, "dtype", &e.dtype, &["auto", "f32", "f16", "bf16"]).map_err(at)?;
+            if e.max_batch.is_some_and(|b| !(1..=1024).contains(&b)) {
+                return Err(at(format!("{name}: max_batch must be 1 to 1024")));
+            }
+        }
+        if config.server.tls_cert.is_some() != config.server.tls_key.is_some() {
+            return Err(at("server: tls_cert and tls_key go together".into()));
+        }
+        Ok(config)
+    }
+}
+
+fn check_choice(
+    name: &str,
+    key: &str,
+    value: &Option<String>,
+    choices: &[&str],
+) -> Result<(), String> {
+    match value {
+        Some(v) if !choices.contains(&v.as_str()) => Err(format!(
+            "{name}: {key} {v:?} is not one of {}",
+            choices.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_range(
+    name: &str,
+    key: &str,
+    value: Option<f64>,
+    low: f64,
+    high: f64,
+) -> Result<(), String> {
+    match value {
+        Some(v) if !(low..=high).contains(&v) => {
+            Err(format!("{name}: {key} {v} is not within {low} to {high}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Fails when `config` is fine: for tests that want an error.
+#[cfg(test)]
+fn error_of(text: &str) -> String {
+    match Config::parse(text, Path::new("/etc/cliptag/cliptag.toml")) {
+        Ok(_) => String::from("no error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let c = Config::parse(
+            "[server]\ngrpc = \"0\"\n[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\n\
+             [[streams]]\nid = \"b\"\nfile = \"clip.webm\"\nrestart = \"always\"\n",
+            Path::new("/srv/conf/cliptag.toml"),
+        )
+        .expect("parses");
+        assert_eq!(c.streams.len(), 2);
+        assert!(c.engines.contains_key(DEFAULT_ENGINE));
+        assert_eq!(
+            c.streams[1].file.as_deref(),
+            Some(Path::new("/srv/conf/clip.webm"))
+        );
+        assert_eq!(c.streams[1].restart, Restart::Always);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_key() {
+        let e = error_of("[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nintervall = 2\n");
+        assert!(
+            e.contains("/etc/cliptag/cliptag.toml")
+                && e.contains("line 4")
+                && e.contains("intervall"),
+            "{e}"
+        );
+        let e = error_of("[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\ninterval = \"two\"\n");
+        assert!(e.contains("line 4") && e.contains("interval"), "{e}");
+        let e = error_of("[[streams]]\nid = \"a\"\n");
+        assert!(e.contains("exactly one of uri, file, test_pattern"), "{e}");
+        let e = error_of("[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nengine = \"gpu\"\n");
+        assert!(e.contains("engine \"gpu\" is not declared"), "{e}");
+        let e = error_of(
+            "[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\n[[streams]]\nid = \"a\"\ntest_pattern = \"snow\"\n",
+        );
+        assert!(e.contains("id used by an earlier stream"), "{e}");
+        let e = error_of("[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nmode = \"fast\"\n");
+        assert!(e.contains("mode \"fast\" is not one of sync, async"), "{e}");
+        assert!(error_of("[server]\n").contains("streams"));
+    }
+}

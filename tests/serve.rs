@@ -1,0 +1,184 @@
+//! `cliptag serve --config`: three streams (two live test patterns and a file played
+//! in a loop) on one engine tag together and are batched together; a fourth whose
+//! source is missing is restarted with growing waits while the others keep their rate;
+//! `--check` validates without starting anything; a bad file names its line and key and
+//! starts nothing; Ctrl-C stops everything cleanly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cliptag_end_to_end::{Running, cliptag_bin};
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+[server]
+grpc = "127.0.0.1:0"
+
+[engines.shared]
+max_batch = 8
+max_latency_ms = 80
+
+[[streams]]
+id = "ball"
+test_pattern = "ball"
+engine = "shared"
+
+[[streams]]
+id = "snow"
+test_pattern = "snow"
+engine = "shared"
+labels = ["tv static", "a moving ball"]
+
+[[streams]]
+id = "file"
+file = "clip.webm"
+engine = "shared"
+restart = "always"
+
+[[streams]]
+id = "broken"
+uri = "file:///nonexistent/camera.webm"
+engine = "shared"
+"#;
+
+fn make_clip(dir: &std::path::Path) {
+    let status = Command::new("gst-launch-1.0")
+        .current_dir(dir)
+        .args(["-q", "videotestsrc", "pattern=ball", "num-buffers=30", "!"])
+        .args(["video/x-raw,width=320,height=240,framerate=15/1", "!"])
+        .args([
+            "vp8enc",
+            "deadline=1",
+            "!",
+            "webmmux",
+            "!",
+            "filesink",
+            "location=clip.webm",
+        ])
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success());
+}
+
+/// `cliptag streams --json`: id -> the stream's line.
+fn streams(address: &str) -> std::collections::HashMap<String, Value> {
+    let out = Command::new(cliptag_bin())
+        .args(["streams", "--server", address, "--json"])
+        .output()
+        .expect("cliptag streams");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| (v["id"].as_str().unwrap_or_default().to_string(), v))
+        .collect()
+}
+
+#[test]
+fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    make_clip(dir.path());
+    let config = dir.path().join("cliptag.toml");
+    std::fs::write(&config, CONFIG).expect("write the config");
+
+    let check = Command::new(cliptag_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("cliptag serve --check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let listed = String::from_utf8_lossy(&check.stdout);
+    assert!(listed.contains("4 stream(s), 1 engine(s)"), "{listed}");
+
+    let config_arg = config.display().to_string();
+    let run = Running::start_command(&["serve", "--config", &config_arg], Stdio::null());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut restarts = Vec::new();
+    let seen = loop {
+        while let Ok(line) = run.stderr.try_recv() {
+            if line.contains("stream \"broken\" failed") && line.contains("restarting in") {
+                restarts.push(line);
+            }
+        }
+        let now = streams(&run.address);
+        let all_tagging = ["ball", "snow", "file"].iter().all(|id| {
+            now.get(*id)
+                .is_some_and(|s| s["inferred"].as_u64().unwrap_or(0) >= 20)
+        });
+        if all_tagging && restarts.len() >= 2 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams: {now:?}\nrestarts: {restarts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        !seen.contains_key("broken"),
+        "a stream that cannot start is not listed as running"
+    );
+    assert!(
+        restarts[0].contains("restarting in 1 s") && restarts[1].contains("restarting in 2 s"),
+        "{restarts:?}"
+    );
+    // Frames of different streams shared forward passes.
+    let batched: u64 = seen
+        .values()
+        .map(|s| {
+            s["batch_sizes"]
+                .as_array()
+                .map(|b| b.iter().skip(2).filter_map(Value::as_u64).sum::<u64>())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(batched > 0, "no batch held frames of two streams: {seen:?}");
+
+    // The others keep their rate while the broken one keeps failing: the live ball
+    // gains frames at its 15 a second.
+    let before = streams(&run.address)["ball"]["frames_in"]
+        .as_u64()
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = streams(&run.address)["ball"]["frames_in"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after - before >= 24,
+        "ball gained {} frames in 2 s",
+        after - before
+    );
+
+    let (exit, rest) = run.interrupt();
+    assert!(exit.success(), "{rest:?}");
+}
+
+#[test]
+fn a_bad_config_names_its_line_and_key_and_starts_nothing() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("cliptag.toml");
+    std::fs::write(&config, "[server]\ngrpc = \"127.0.0.1:0\"\n\n[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nintervall = 2\n")
+        .expect("write");
+    let out = Command::new(cliptag_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("cliptag serve");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&config.display().to_string())
+            && err.contains("line 7")
+            && err.contains("intervall"),
+        "{err}"
+    );
+    assert!(!err.contains("serving"), "something started: {err}");
+}
