@@ -182,3 +182,125 @@ fn a_bad_config_names_its_line_and_key_and_starts_nothing() {
     );
     assert!(!err.contains("serving"), "something started: {err}");
 }
+
+const BEFORE: &str = r#"
+[server]
+grpc = "127.0.0.1:0"
+
+[[streams]]
+id = "keep"
+test_pattern = "ball"
+
+[[streams]]
+id = "drop"
+test_pattern = "snow"
+
+[[streams]]
+id = "change"
+test_pattern = "smpte"
+labels = ["smpte color bars", "tv static"]
+"#;
+
+const AFTER: &str = r#"
+[server]
+grpc = "127.0.0.1:0"
+
+[[streams]]
+id = "keep"
+test_pattern = "ball"
+
+[[streams]]
+id = "change"
+test_pattern = "smpte"
+labels = ["smpte color bars", "tv static", "a checkerboard"]
+
+[[streams]]
+id = "new"
+test_pattern = "checkers-8"
+"#;
+
+fn wait_for_streams(address: &str, ids: &[&str]) -> std::collections::HashMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = streams(address);
+        let mut running: Vec<&str> = now.keys().map(String::as_str).collect();
+        running.sort_unstable();
+        let mut want = ids.to_vec();
+        want.sort_unstable();
+        if running == want
+            && now
+                .values()
+                .all(|s| s["inferred"].as_u64().unwrap_or(0) > 0)
+        {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wanted {want:?}, running {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sighup_applies_a_changed_file_without_touching_unchanged_streams() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("cliptag.toml");
+    std::fs::write(&config, BEFORE).expect("write the config");
+    let config_arg = config.display().to_string();
+    let run = Running::start_command(&["serve", "--config", &config_arg], Stdio::null());
+    let before = wait_for_streams(&run.address, &["keep", "drop", "change"]);
+    let keep_before = before["keep"]["frames_in"].as_u64().unwrap_or(0);
+
+    // A broken file is refused; everything runs on.
+    std::fs::write(&config, "[[streams]]\nid = \n").expect("write");
+    let sighup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    sighup(run.child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = run
+            .stderr
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a log line");
+        if line.contains("the running configuration stays") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was not reported"
+        );
+    }
+    wait_for_streams(&run.address, &["keep", "drop", "change"]);
+
+    std::fs::write(&config, AFTER).expect("write the config");
+    sighup(run.child.id());
+    let after = wait_for_streams(&run.address, &["keep", "change", "new"]);
+    assert!(
+        after["keep"]["frames_in"].as_u64().unwrap_or(0) > keep_before,
+        "the unchanged stream was restarted: {before:?} -> {after:?}"
+    );
+    let labels = Command::new(cliptag_bin())
+        .args([
+            "labels",
+            "get",
+            "--server",
+            &run.address,
+            "--stream",
+            "change",
+        ])
+        .output()
+        .expect("cliptag labels get");
+    let shown = String::from_utf8_lossy(&labels.stdout);
+    assert!(
+        shown.contains("a checkerboard"),
+        "the changed stream runs the new labels: {shown}"
+    );
+    let (exit, _) = run.interrupt();
+    assert!(exit.success());
+}

@@ -83,7 +83,7 @@ impl Default for Server {
 }
 
 /// `[engines.NAME]`: one model in memory, batching every stream that names it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// Hugging Face CLIP directory; the bundled model without it.
@@ -113,7 +113,7 @@ pub enum Restart {
 }
 
 /// `[[streams]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// The stream's id in results and over gRPC.

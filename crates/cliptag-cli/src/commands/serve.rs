@@ -3,7 +3,9 @@
 //! the web console and metrics when configured. Each stream runs in a pipeline of its
 //! own under a supervisor: a source that fails (a camera unplugged, an RTSP server gone)
 //! is started again with backoff and reported, without touching the other streams.
-//! Ctrl-C or SIGTERM stops every stream cleanly.
+//! SIGHUP, or a change to the file, applies it again: streams gone stop, new ones
+//! start, changed ones restart, the others run on untouched. Ctrl-C or SIGTERM stops
+//! every stream cleanly.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// Pictures a second for the console.
 const SNAPSHOT_FPS: u32 = 4;
+/// How often the configuration file is looked at for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
 /// Size and rate of test-pattern streams.
 const TEST_FORMAT: &str = "video/x-raw,width=320,height=240,framerate=15/1";
 
@@ -100,31 +104,54 @@ pub fn run(args: Args) -> Result<()> {
         tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    spawn_signal_handler(stop.clone())?;
-    let supervisors: Vec<_> = config
-        .streams
-        .iter()
-        .map(|stream| {
-            let supervisor = Supervisor {
-                stream: stream.clone(),
-                engine: config
-                    .engines
-                    .get(stream.engine_name())
-                    .cloned()
-                    .unwrap_or_default(),
-                snapshots: console.as_ref().map(|_| snapshots.clone()),
-                stop: stop.clone(),
-            };
-            std::thread::Builder::new()
-                .name(format!("cliptag-stream-{}", stream.id))
-                .spawn(move || supervisor.run())
-                .context("cannot start a stream's supervisor")
-        })
-        .collect::<Result<_>>()?;
-    for s in supervisors {
-        let _ = s.join();
+    let (events_tx, events) = std::sync::mpsc::channel();
+    spawn_signal_handler(events_tx)?;
+    let mut streams = Streams {
+        running: Vec::new(),
+        snapshots: console.as_ref().map(|_| snapshots.clone()),
+    };
+    streams.apply(&config)?;
+    let mut applied = config;
+    let mut stamp = modified(&args.config);
+    loop {
+        let reload = match events.recv_timeout(RELOAD_POLL) {
+            Ok(Signal::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Signal::Reload) => true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if streams.all_ended() {
+                    tracing::info!("every stream has ended");
+                    break;
+                }
+                // A changed file is read again, as SIGHUP would have it.
+                let now = modified(&args.config);
+                let changed = now != stamp;
+                stamp = now;
+                changed
+            }
+        };
+        if !reload {
+            continue;
+        }
+        match Config::load(&args.config) {
+            Ok(config) => {
+                if config.server.grpc != applied.server.grpc
+                    || config.server.token != applied.server.token
+                    || config.server.http != applied.server.http
+                    || config.server.metrics != applied.server.metrics
+                    || config.server.tls_cert != applied.server.tls_cert
+                    || config.server.tls_key != applied.server.tls_key
+                {
+                    tracing::warn!(
+                        "[server] changed: it applies at the next start; the streams are updated now"
+                    );
+                }
+                streams.apply(&config)?;
+                applied = config;
+            }
+            Err(e) => tracing::error!("{e:#}; the running configuration stays"),
+        }
     }
+    streams.stop(|_| true);
     drop(console);
     drop(metrics);
     drop(server);
@@ -162,36 +189,164 @@ fn print_check(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Sets `stop` on Ctrl-C or SIGTERM (what systemd sends).
-fn spawn_signal_handler(stop: Arc<AtomicBool>) -> Result<()> {
+/// What the signal handler reports.
+enum Signal {
+    /// Ctrl-C or SIGTERM (what systemd sends): stop everything.
+    Stop,
+    /// SIGHUP: read the configuration again.
+    Reload,
+}
+
+/// Reports Ctrl-C, SIGTERM and SIGHUP on `events`; returns once they are watched (a
+/// SIGHUP before that would end the process).
+fn spawn_signal_handler(events: std::sync::mpsc::Sender<Signal>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the signal handler")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
         .name("cliptag-signal".into())
         .spawn(move || {
-            runtime.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                let terminated = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
+            runtime.block_on(async move {
+                let (mut term, mut hup) = match (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) {
+                    (Ok(term), Ok(hup)) => {
+                        let _ = ready_tx.send(Ok(()));
+                        (term, hup)
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
                     }
                 };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    () = terminated => {}
+                loop {
+                    let signal = tokio::select! {
+                        _ = tokio::signal::ctrl_c() => Signal::Stop,
+                        _ = term.recv() => Signal::Stop,
+                        _ = hup.recv() => Signal::Reload,
+                    };
+                    let stop = matches!(signal, Signal::Stop);
+                    if events.send(signal).is_err() || stop {
+                        return;
+                    }
                 }
-                tracing::info!("stopping");
-                stop.store(true, Ordering::Relaxed);
             })
         })
         .context("cannot start the signal handler")?;
-    Ok(())
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow!("the signal handler did not start"))?
+        .map_err(|e| anyhow!("cannot watch signals: {e}"))
+}
+
+/// A running stream's supervisor and what it was started with.
+struct Running {
+    stream: StreamConfig,
+    engine: EngineConfig,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The running streams, by id.
+struct Streams {
+    running: Vec<Running>,
+    snapshots: Option<Snapshots>,
+}
+
+impl Streams {
+    fn start(&mut self, stream: &StreamConfig, engine: &EngineConfig) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let supervisor = Supervisor {
+            stream: stream.clone(),
+            engine: engine.clone(),
+            snapshots: self.snapshots.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("cliptag-stream-{}", stream.id))
+            .spawn(move || supervisor.run())
+            .context("cannot start a stream's supervisor")?;
+        self.running.push(Running {
+            stream: stream.clone(),
+            engine: engine.clone(),
+            stop,
+            thread,
+        });
+        Ok(())
+    }
+
+    /// Stops the streams `which` picks and waits for them.
+    fn stop(&mut self, which: impl Fn(&Running) -> bool) -> Vec<String> {
+        let (stopping, kept): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| which(r));
+        self.running = kept;
+        for r in &stopping {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        stopping
+            .into_iter()
+            .map(|r| {
+                let _ = r.thread.join();
+                r.stream.id
+            })
+            .collect()
+    }
+
+    /// Whether every supervisor has returned (every stream ended).
+    fn all_ended(&self) -> bool {
+        self.running.iter().all(|r| r.thread.is_finished())
+    }
+
+    /// Brings the running streams to `config`: stops those gone, starts those new,
+    /// restarts those whose settings (or engine's) changed, leaves the rest alone.
+    fn apply(&mut self, config: &Config) -> Result<()> {
+        let engine_of = |s: &StreamConfig| {
+            config
+                .engines
+                .get(s.engine_name())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let wanted = |r: &Running| {
+            config
+                .streams
+                .iter()
+                .any(|s| s.id == r.stream.id && *s == r.stream && engine_of(s) == r.engine)
+        };
+        let stopped = self.stop(|r| !wanted(r));
+        let mut started = Vec::new();
+        for s in &config.streams {
+            if !self.running.iter().any(|r| r.stream.id == s.id) {
+                self.start(s, &engine_of(s))?;
+                started.push(s.id.clone());
+            }
+        }
+        let restarted: Vec<&String> = stopped.iter().filter(|id| started.contains(id)).collect();
+        tracing::info!(
+            "configuration applied: {} stream(s) running; started {:?}, stopped {:?}, restarted {:?}",
+            self.running.len(),
+            started
+                .iter()
+                .filter(|id| !stopped.contains(id))
+                .collect::<Vec<_>>(),
+            stopped
+                .iter()
+                .filter(|id| !started.contains(id))
+                .collect::<Vec<_>>(),
+            restarted
+        );
+        Ok(())
+    }
+}
+
+/// The file's modification time, to notice a changed file.
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// How one run of a stream's pipeline ended.
