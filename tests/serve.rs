@@ -143,7 +143,8 @@ fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
     assert!(batched > 0, "no batch held frames of two streams: {seen:?}");
 
     // The others keep their rate while the broken one keeps failing: the live ball
-    // gains frames at its 15 a second.
+    // gains frames at about its 15 a second (two thirds of it at least, to leave room
+    // for a loaded machine).
     let before = streams(&run.address)["ball"]["frames_in"]
         .as_u64()
         .unwrap_or(0);
@@ -152,7 +153,7 @@ fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
         .as_u64()
         .unwrap_or(0);
     assert!(
-        after - before >= 24,
+        after - before >= 20,
         "ball gained {} frames in 2 s",
         after - before
     );
