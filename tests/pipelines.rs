@@ -4,10 +4,9 @@
 //! `cliptag` binary this build made; it must succeed, and each file a block says it
 //! makes (`<!-- run; makes FILE -->`) must be there and not empty.
 
-use std::path::Path;
 use std::process::Command;
 
-use cliptag_end_to_end::{cliptag_bin, plugin_dir, repo_root};
+use cliptag_end_to_end::{cliptag_bin, make_clip, plugin_dir, repo_root};
 
 /// A runnable block of the page: its command and the files it makes.
 struct Block {
@@ -43,25 +42,6 @@ fn runnable_blocks(page: &str) -> Vec<Block> {
     blocks
 }
 
-fn make_clip(dir: &Path) {
-    let status = Command::new("gst-launch-1.0")
-        .current_dir(dir)
-        .args(["-q", "videotestsrc", "pattern=ball", "num-buffers=45", "!"])
-        .args(["video/x-raw,width=320,height=240,framerate=15/1", "!"])
-        .args([
-            "vp8enc",
-            "deadline=1",
-            "!",
-            "webmmux",
-            "!",
-            "filesink",
-            "location=clip.webm",
-        ])
-        .status()
-        .expect("gst-launch-1.0");
-    assert!(status.success(), "cannot make clip.webm");
-}
-
 #[test]
 fn every_runnable_pipeline_on_the_page_runs() {
     let page = std::fs::read_to_string(repo_root().join("examples/pipelines.md"))
@@ -79,7 +59,7 @@ fn every_runnable_pipeline_on_the_page_runs() {
     );
     for block in blocks {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        make_clip(dir.path());
+        make_clip(dir.path(), 45);
         let script = block.script.replace("autovideosink", "fakesink");
         let out = Command::new("bash")
             .current_dir(dir.path())

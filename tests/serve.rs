@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cliptag_end_to_end::{Running, cliptag_bin};
+use cliptag_end_to_end::{Running, cliptag_bin, make_clip};
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -41,25 +41,6 @@ uri = "file:///nonexistent/camera.webm"
 engine = "shared"
 "#;
 
-fn make_clip(dir: &std::path::Path) {
-    let status = Command::new("gst-launch-1.0")
-        .current_dir(dir)
-        .args(["-q", "videotestsrc", "pattern=ball", "num-buffers=30", "!"])
-        .args(["video/x-raw,width=320,height=240,framerate=15/1", "!"])
-        .args([
-            "vp8enc",
-            "deadline=1",
-            "!",
-            "webmmux",
-            "!",
-            "filesink",
-            "location=clip.webm",
-        ])
-        .status()
-        .expect("gst-launch-1.0");
-    assert!(status.success());
-}
-
 /// `cliptag streams --json`: id -> the stream's line.
 fn streams(address: &str) -> std::collections::HashMap<String, Value> {
     let out = Command::new(cliptag_bin())
@@ -81,7 +62,7 @@ fn streams(address: &str) -> std::collections::HashMap<String, Value> {
 #[test]
 fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    make_clip(dir.path());
+    make_clip(dir.path(), 30);
     let config = dir.path().join("cliptag.toml");
     std::fs::write(&config, CONFIG).expect("write the config");
 

@@ -218,3 +218,27 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8])
         .expect("a status line");
     (status, reply[split + 4..].to_vec())
 }
+
+/// Writes `clip.webm` into `dir`: `frames` frames of videotestsrc's ball, 320x240 at 15
+/// a second, VP8 (Debian's good plugins).
+pub fn make_clip(dir: &Path, frames: u32) {
+    let status = Command::new("gst-launch-1.0")
+        .current_dir(dir)
+        .args([
+            "-q",
+            "videotestsrc",
+            "pattern=ball",
+            &format!("num-buffers={frames}"),
+            "!",
+        ])
+        .args(["video/x-raw,width=320,height=240,framerate=15/1", "!"])
+        .args(["vp8enc", "deadline=1", "!", "webmmux", "!"])
+        .args(["filesink", "location=clip.webm"])
+        .status()
+        .expect("gst-launch-1.0 (Debian gstreamer1.0-tools)");
+    assert!(
+        status.success(),
+        "cannot make clip.webm in {}",
+        dir.display()
+    );
+}

@@ -7,6 +7,7 @@ mod logging;
 mod model_arg;
 mod output;
 mod serve_config;
+mod servers;
 mod tuning_args;
 
 use std::process::ExitCode;

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cliptag_engine::{Engine, FrameResult, Received};
-use cliptag_service::console::{Console, ConsoleConfig, Snapshots};
-use cliptag_service::metrics::MetricsServer;
-use cliptag_service::{Server, ServerConfig, TlsFiles};
+use cliptag_service::TlsFiles;
+use cliptag_service::console::Snapshots;
+
+use crate::servers::{Endpoints, Servers};
 use gst::prelude::*;
 use serde_json::json;
 
@@ -133,35 +134,17 @@ pub fn run(args: Args) -> Result<()> {
         bail!("no labels: give --labels \"a,b\"");
     }
     // Shared: an element in this process naming the same address serves through it too.
-    // The console binds before the model loads: a taken address fails at once.
-    let snapshots = Snapshots::new();
-    let console = match &args.http {
-        Some(address) => Some(
-            Console::start(ConsoleConfig {
-                address: address.clone(),
-                token: args.token.clone(),
-                snapshots: snapshots.clone(),
-            })
-            .context("cannot start the web console")?,
-        ),
-        None => None,
-    };
-    let metrics = match &args.metrics {
-        Some(address) => {
-            Some(MetricsServer::start(address).context("cannot start the metrics endpoint")?)
-        }
-        None => None,
-    };
-    let server = Server::shared(ServerConfig {
-        address: args.grpc.clone(),
+    let servers = Servers::start(Endpoints {
+        grpc: args.grpc.clone(),
         token: args.token.clone(),
         tls: args
             .tls_cert
             .clone()
             .zip(args.tls_key.clone())
             .map(|(cert, key)| TlsFiles { cert, key }),
-    })
-    .context("cannot start the gRPC server")?;
+        http: args.http.clone(),
+        metrics: args.metrics.clone(),
+    })?;
     let description = tagging_pipeline(
         &source_description(&args)?,
         args.http.is_some().then_some(args.http_fps),
@@ -182,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
         tag.set_property("model", model.display().to_string());
     }
     if let Some(sink) = pipeline.by_name("snapshots") {
-        deliver_snapshots(&sink, &snapshots, &args.stream_id)?;
+        deliver_snapshots(&sink, &servers.snapshots, &args.stream_id)?;
     }
     // READY loads the model: subscribe before any frame flows.
     if pipeline.set_state(gst::State::Ready).is_err() {
@@ -210,41 +193,7 @@ pub fn run(args: Args) -> Result<()> {
         return Err(error);
     }
     // Clients that connect after this line find the stream.
-    let scheme = if args.tls_cert.is_some() {
-        "TLS"
-    } else {
-        "plain text"
-    };
-    tracing::info!(
-        "serving cliptag.v1 on {} ({scheme}{})",
-        server.local_addr(),
-        if server.has_token() {
-            ", token required for label changes"
-        } else {
-            ""
-        }
-    );
-
-    if let Some(metrics) = &metrics {
-        tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
-    }
-    if let Some(console) = &console {
-        tracing::info!(
-            "web console on http://{}/{}",
-            console.local_addr(),
-            if args.token.is_some() {
-                " (token required for label changes)"
-            } else {
-                ""
-            }
-        );
-        if args.token.is_some() && !console.local_addr().ip().is_loopback() {
-            tracing::warn!(
-                "the console speaks plain HTTP: the token crosses the network \
-                 unencrypted (put a TLS proxy in front of it, or keep it on loopback)"
-            );
-        }
-    }
+    servers.announce();
 
     let interrupted = spawn_ctrl_c(&pipeline)?;
     let cycler = (args.input.is_none() && args.cycle > 0.0)
@@ -297,9 +246,7 @@ pub fn run(args: Args) -> Result<()> {
         let _ = c.join();
     }
     let _ = printer.join();
-    drop(console);
-    drop(metrics);
-    drop(server);
+    drop(servers);
     if let Some(s) = stats {
         let get = |k: &str| s.get::<u64>(k).unwrap_or(0);
         tracing::info!(

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use cliptag_service::console::{Console, ConsoleConfig, Snapshots};
-use cliptag_service::metrics::MetricsServer;
-use cliptag_service::{Server, ServerConfig, TlsFiles};
+use cliptag_service::TlsFiles;
+use cliptag_service::console::Snapshots;
 use gst::prelude::*;
 
 use super::run::{deliver_snapshots, input_description, tagging_pipeline};
 use crate::output::outln;
 use crate::serve_config::{Config, EngineConfig, Restart, StreamConfig};
+use crate::servers::{Endpoints, Servers};
 
 /// Arguments of `cliptag serve`.
 #[derive(Debug, clap::Args)]
@@ -55,60 +55,24 @@ pub fn run(args: Args) -> Result<()> {
     gst::init().context("cannot initialise GStreamer")?;
     gstcliptag::register_static().context("cannot register the cliptag elements")?;
     let server_cfg = &config.server;
-    let snapshots = Snapshots::new();
-    let console = match &server_cfg.http {
-        Some(address) => Some(
-            Console::start(ConsoleConfig {
-                address: address.clone(),
-                token: server_cfg.token.clone(),
-                snapshots: snapshots.clone(),
-            })
-            .context("cannot start the web console")?,
-        ),
-        None => None,
-    };
-    let metrics = match &server_cfg.metrics {
-        Some(address) => {
-            Some(MetricsServer::start(address).context("cannot start the metrics endpoint")?)
-        }
-        None => None,
-    };
-    let server = Server::shared(ServerConfig {
-        address: server_cfg.grpc.clone(),
+    let servers = Servers::start(Endpoints {
+        grpc: server_cfg.grpc.clone(),
         token: server_cfg.token.clone(),
         tls: server_cfg
             .tls_cert
             .clone()
             .zip(server_cfg.tls_key.clone())
             .map(|(cert, key)| TlsFiles { cert, key }),
-    })
-    .context("cannot start the gRPC server")?;
-    tracing::info!(
-        "serving cliptag.v1 on {} ({}{})",
-        server.local_addr(),
-        if server_cfg.tls_cert.is_some() {
-            "TLS"
-        } else {
-            "plain text"
-        },
-        if server.has_token() {
-            ", token required for label changes"
-        } else {
-            ""
-        }
-    );
-    if let Some(console) = &console {
-        tracing::info!("web console on http://{}/", console.local_addr());
-    }
-    if let Some(metrics) = &metrics {
-        tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
-    }
+        http: server_cfg.http.clone(),
+        metrics: server_cfg.metrics.clone(),
+    })?;
+    servers.announce();
 
     let (events_tx, events) = std::sync::mpsc::channel();
     spawn_signal_handler(events_tx)?;
     let mut streams = Streams {
         running: Vec::new(),
-        snapshots: console.as_ref().map(|_| snapshots.clone()),
+        snapshots: servers.console.as_ref().map(|_| servers.snapshots.clone()),
     };
     streams.apply(&config)?;
     let mut applied = config;
@@ -152,9 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     streams.stop(|_| true);
-    drop(console);
-    drop(metrics);
-    drop(server);
+    drop(servers);
     Ok(())
 }
 

@@ -53,25 +53,6 @@ struct Matrix {
     full: bool,
 }
 
-/// Y, Cb, Cr (0..255 each, in the frame's range) of an RGB colour (0..1 each).
-fn yuv(rgb: [f64; 3], m: Matrix) -> [f64; 3] {
-    let Matrix {
-        kr,
-        kb,
-        full: full_range,
-    } = m;
-    let [r, g, b] = rgb;
-    let kg = 1.0 - kr - kb;
-    let y = kr * r + kg * g + kb * b;
-    let cb = (b - y) / (2.0 * (1.0 - kb));
-    let cr = (r - y) / (2.0 * (1.0 - kr));
-    if full_range {
-        [255.0 * y, 128.0 + 255.0 * cb, 128.0 + 255.0 * cr]
-    } else {
-        [16.0 + 219.0 * y, 128.0 + 224.0 * cb, 128.0 + 224.0 * cr]
-    }
-}
-
 /// The coefficients and range of a YUV frame (BT.601 when the matrix is unknown).
 fn matrix(info: &gst_video::VideoInfo) -> Matrix {
     let colorimetry = info.colorimetry();
@@ -83,21 +64,53 @@ fn matrix(info: &gst_video::VideoInfo) -> Matrix {
     }
 }
 
-/// A panel pixel as unpremultiplied RGB (0..1) and alpha (0..1), from cairo's
-/// premultiplied native-endian ARGB32.
-fn pixel(argb: &[u8], stride: usize, x: usize, y: usize) -> ([f64; 3], f64) {
+/// A panel pixel as cairo stores it (native-endian ARGB32, premultiplied): alpha, red,
+/// green and blue, 0..255, the colours already multiplied by alpha.
+fn premultiplied(argb: &[u8], stride: usize, x: usize, y: usize) -> [f32; 4] {
     let i = y * stride + x * 4;
-    let word = u32::from_ne_bytes([argb[i], argb[i + 1], argb[i + 2], argb[i + 3]]);
-    let a = f64::from(word >> 24) / 255.0;
-    if a == 0.0 {
-        return ([0.0; 3], 0.0);
-    }
-    let c = |shift: u32| (f64::from((word >> shift) & 0xff) / 255.0 / a).min(1.0);
-    ([c(16), c(8), c(0)], a)
+    unpack(&argb[i..i + 4])
 }
 
-fn byte(v: f64) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
+/// The four bytes of one cairo pixel as `[a, r, g, b]`.
+fn unpack(px: &[u8]) -> [f32; 4] {
+    let word = u32::from_ne_bytes([px[0], px[1], px[2], px[3]]);
+    let c = |shift: u32| ((word >> shift) & 0xff) as f32;
+    [c(24), c(16), c(8), c(0)]
+}
+
+/// Y, Cb and Cr times alpha as linear forms of a premultiplied pixel `[a, r, g, b]`:
+/// the conversion is affine, so a premultiplied colour converts without dividing
+/// alpha out and multiplying it back in.
+struct Forms([[f32; 4]; 3]);
+
+impl Forms {
+    fn new(m: Matrix) -> Self {
+        let (kr, kb) = (m.kr as f32, m.kb as f32);
+        let kg = 1.0 - kr - kb;
+        // Luma and chroma excursions and the luma offset, per 255.
+        let (ys, cs, yo) = if m.full {
+            (1.0, 1.0, 0.0)
+        } else {
+            (219.0 / 255.0, 224.0 / 255.0, 16.0 / 255.0)
+        };
+        let (db, dr) = (2.0 * (1.0 - kb), 2.0 * (1.0 - kr));
+        let mid = 128.0 / 255.0;
+        Self([
+            [yo, ys * kr, ys * kg, ys * kb],
+            [mid, -cs * kr / db, -cs * kg / db, cs * (1.0 - kb) / db],
+            [mid, cs * (1.0 - kr) / dr, -cs * kg / dr, -cs * kb / dr],
+        ])
+    }
+
+    /// Component `c` (0 Y, 1 Cb, 2 Cr) of `pixel`, times its alpha.
+    fn apply(&self, c: usize, pixel: [f32; 4]) -> f32 {
+        self.0[c].iter().zip(pixel).map(|(k, v)| k * v).sum()
+    }
+}
+
+/// Rounded to the nearest byte (half up: `round` would be a library call per sample).
+fn byte(v: f32) -> u8 {
+    (v.clamp(0.0, 255.0) + 0.5) as u8
 }
 
 impl Prepared {
@@ -117,14 +130,14 @@ impl Prepared {
         let finfo = info.format_info();
         match info.format() {
             F::I420 | F::Yv12 | F::Nv12 | F::Nv21 => {
-                let m = matrix(info);
-                let luma = Self::luma(argb, stride, rect, m);
+                let forms = Forms::new(matrix(info));
+                let luma = Self::luma(argb, stride, rect, &forms);
                 let mut layers = vec![luma];
                 // Cb and Cr: separate planes (I420, YV12) or interleaved in one (NV12, NV21).
                 let (cb, cr) = (1usize, 2usize);
                 let chroma = |components: &[usize]| -> Layer {
                     let plane = finfo.plane()[components[0]];
-                    Self::chroma((argb, stride), rect, m, (plane, finfo), components)
+                    Self::chroma((argb, stride), rect, &forms, (plane, finfo), components)
                 };
                 if finfo.plane()[cb] == finfo.plane()[cr] {
                     layers.push(chroma(&[cb, cr]));
@@ -140,9 +153,9 @@ impl Prepared {
                 let mut keep = Vec::with_capacity(w * h);
                 for y in 0..h {
                     for x in 0..w {
-                        let (rgb, a) = pixel(argb, stride, x, y);
-                        colour.extend(rgb.iter().map(|c| byte(255.0 * c * a)));
-                        keep.push(byte(255.0 * (1.0 - a)));
+                        let [a, r, g, b] = premultiplied(argb, stride, x, y);
+                        colour.extend([r, g, b].map(byte));
+                        keep.push(byte(255.0 - a));
                     }
                 }
                 Some(Self {
@@ -163,15 +176,27 @@ impl Prepared {
         }
     }
 
-    fn luma(argb: &[u8], stride: usize, rect: Rect, m: Matrix) -> Layer {
+    fn luma(argb: &[u8], stride: usize, rect: Rect, forms: &Forms) -> Layer {
         let (w, h) = (rect.width as usize, rect.height as usize);
         let mut colour = Vec::with_capacity(w * h);
         let mut keep = Vec::with_capacity(w * h);
-        for y in 0..h {
-            for x in 0..w {
-                let (rgb, a) = pixel(argb, stride, x, y);
-                colour.push(byte(a * yuv(rgb, m)[0]));
-                keep.push(byte(255.0 * (1.0 - a)));
+        // Most of a panel is runs of one colour (the background, a bar): a pixel like
+        // the one before costs a comparison.
+        let mut last: Option<([u8; 4], u8, u8)> = None;
+        for row in argb.chunks(stride).take(h) {
+            for px in row[..w * 4].chunks_exact(4) {
+                let bytes = [px[0], px[1], px[2], px[3]];
+                let (y, k) = match last {
+                    Some((b, y, k)) if b == bytes => (y, k),
+                    _ => {
+                        let p = unpack(px);
+                        let (y, k) = (byte(forms.apply(0, p)), byte(255.0 - p[0]));
+                        last = Some((bytes, y, k));
+                        (y, k)
+                    }
+                };
+                colour.push(y);
+                keep.push(k);
             }
         }
         Layer {
@@ -192,7 +217,7 @@ impl Prepared {
     fn chroma(
         (argb, stride): (&[u8], usize),
         rect: Rect,
-        m: Matrix,
+        forms: &Forms,
         (plane, finfo): (u32, gst_video::VideoFormatInfo),
         components: &[usize],
     ) -> Layer {
@@ -202,25 +227,36 @@ impl Prepared {
         let (w, h) = (cx1 - cx0, cy1 - cy0);
         let mut colour = Vec::with_capacity(w * h * components.len());
         let mut keep = Vec::with_capacity(w * h);
+        let mut last: Option<([f32; 4], [u8; 2], u8)> = None;
         for cy in cy0..cy1 {
             for cx in cx0..cx1 {
-                let (mut sum, mut alpha) = ([0.0f64; 3], 0.0);
+                // The block's pixels summed (premultiplied: a linear form of the sum
+                // is the sum of the forms); those off the panel are transparent.
+                let mut sum = [0.0f32; 4];
                 for fy in 2 * cy..2 * cy + 2 {
                     for fx in 2 * cx..2 * cx + 2 {
                         if fx < x0 || fx >= x1 || fy < y0 || fy >= y1 {
                             continue;
                         }
-                        let (rgb, a) = pixel(argb, stride, fx - x0, fy - y0);
-                        let [_, u, v] = yuv(rgb, m);
-                        sum[1] += a * u;
-                        sum[2] += a * v;
-                        alpha += a;
+                        let p = premultiplied(argb, stride, fx - x0, fy - y0);
+                        sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
                     }
                 }
-                for &c in components {
-                    colour.push(byte(sum[c] / 4.0));
-                }
-                keep.push(byte(255.0 * (1.0 - alpha / 4.0)));
+                // As for luma: a block like the one before costs a comparison.
+                let (values, k) = match last {
+                    Some((s, values, k)) if s == sum => (values, k),
+                    _ => {
+                        let mut values = [0u8; 2];
+                        for (v, &c) in values.iter_mut().zip(components) {
+                            *v = byte(forms.apply(c, sum) / 4.0);
+                        }
+                        let k = byte(255.0 - sum[0] / 4.0);
+                        last = Some((sum, values, k));
+                        (values, k)
+                    }
+                };
+                colour.extend_from_slice(&values[..components.len()]);
+                keep.push(k);
             }
         }
         Layer {
@@ -292,6 +328,35 @@ mod tests {
     use crate::overlay::panel::{self, Content};
     use crate::overlay::settings::Settings;
     use gst_video::VideoFormat as F;
+
+    /// Y, Cb, Cr (0..255 each, in the frame's range) of an RGB colour (0..1 each), the
+    /// textbook way.
+    fn yuv(rgb: [f64; 3], m: Matrix) -> [f64; 3] {
+        let Matrix { kr, kb, full } = m;
+        let [r, g, b] = rgb;
+        let kg = 1.0 - kr - kb;
+        let y = kr * r + kg * g + kb * b;
+        let cb = (b - y) / (2.0 * (1.0 - kb));
+        let cr = (r - y) / (2.0 * (1.0 - kr));
+        if full {
+            [255.0 * y, 128.0 + 255.0 * cb, 128.0 + 255.0 * cr]
+        } else {
+            [16.0 + 219.0 * y, 128.0 + 224.0 * cb, 128.0 + 224.0 * cr]
+        }
+    }
+
+    /// A panel pixel as unpremultiplied RGB (0..1) and alpha (0..1).
+    fn pixel(argb: &[u8], stride: usize, x: usize, y: usize) -> ([f64; 3], f64) {
+        let [a, r, g, b] = premultiplied(argb, stride, x, y).map(f64::from);
+        if a == 0.0 {
+            return ([0.0; 3], 0.0);
+        }
+        ([r / a, g / a, b / a].map(|c| c.min(1.0)), a / 255.0)
+    }
+
+    fn byte(v: f64) -> u8 {
+        v.round().clamp(0.0, 255.0) as u8
+    }
 
     const FAST: [F; 8] = [
         F::I420,

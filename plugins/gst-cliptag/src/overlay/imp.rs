@@ -352,11 +352,11 @@ impl ObjectSubclass for CliptagOverlay {
                         |imp| imp.sink_event(pad, event),
                     )
                 })
-                .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+                .flags(gst::PadFlags::PROXY_CAPS)
                 .build();
         let srcpad =
             gst::Pad::builder_from_template(&klass.pad_template("src").expect("declared below"))
-                .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+                .flags(gst::PadFlags::PROXY_CAPS)
                 .build();
         Self {
             sinkpad,
