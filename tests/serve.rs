@@ -103,10 +103,27 @@ fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
+    // The stream that cannot start is listed as restarting, with its restarts and why.
+    let broken = &seen["broken"]["health"];
     assert!(
-        !seen.contains_key("broken"),
-        "a stream that cannot start is not listed as running"
+        broken["state"] == "restarting" || broken["state"] == "starting",
+        "{broken}"
     );
+    assert!(broken["restarts"].as_u64().unwrap_or(0) >= 1, "{broken}");
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nonexistent")),
+        "{broken}"
+    );
+    assert_eq!(seen["broken"]["frames_in"], 0, "{broken}");
+    for id in ["ball", "snow"] {
+        let health = &seen[id]["health"];
+        assert_eq!(health["state"], "running", "{id}: {health}");
+        assert_eq!(health["restarts"], 0, "{id}: {health}");
+    }
+    // The file runs in a loop: each end counts as a restart, with no error.
+    assert_eq!(seen["file"]["health"]["last_error"], Value::Null);
     assert!(
         restarts[0].contains("restarting in 1 s") && restarts[1].contains("restarting in 2 s"),
         "{restarts:?}"

@@ -113,21 +113,43 @@ pub fn stats_to_proto(stats: &StreamStats) -> v1::StreamStats {
     }
 }
 
+/// A wall-clock time as a protobuf timestamp.
+pub fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// A supervised stream's health.
+pub fn health_to_proto(health: &crate::StreamHealth) -> v1::StreamHealth {
+    use crate::StreamState;
+    use v1::stream_health::State;
+    let state = match health.state {
+        StreamState::Starting => State::Starting,
+        StreamState::Running => State::Running,
+        StreamState::Restarting => State::Restarting,
+        StreamState::Ended => State::Ended,
+        StreamState::Failed => State::Failed,
+    };
+    v1::StreamHealth {
+        state: state as i32,
+        restarts: health.restarts,
+        last_error: health.last_error.clone().unwrap_or_default(),
+        last_error_time: health.last_error_at.map(timestamp),
+        retry_time: health.retry_at.map(timestamp),
+    }
+}
+
 /// A frame's result as a detection (filters are applied by the caller).
 pub fn detection(result: &FrameResult) -> v1::Detection {
-    let wall = result
-        .wall_time
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
     v1::Detection {
         stream: result.stream.to_string(),
         frame: result.frame,
         pts_ns: result.timing.pts_ns,
         running_time_ns: result.timing.running_time_ns,
-        wall_time: Some(prost_types::Timestamp {
-            seconds: i64::try_from(wall.as_secs()).unwrap_or(i64::MAX),
-            nanos: wall.subsec_nanos() as i32,
-        }),
+        wall_time: Some(timestamp(result.wall_time)),
         label_set: result.label_set.to_string(),
         label_set_version: result.version,
         labels: result

@@ -9,14 +9,17 @@
 //!   one model and one worker.
 //! - **Servers by address** ([`Server::shared`](crate::Server::shared)): elements and
 //!   programs naming one address share one gRPC server.
+//! - **Supervised streams** ([`Supervised`](crate::Supervised)): how the streams a
+//!   supervisor keeps running are doing, also while their pipelines are down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 
 use cliptag_engine::{Engine, EngineConfig, EngineError, StreamInfo};
 use tokio::sync::watch;
 
 use crate::server::Server;
+use crate::supervision::{self, Slot, StreamHealth};
 
 struct Entry {
     engine: Arc<Engine>,
@@ -35,6 +38,8 @@ pub struct Hub {
     entries: Mutex<Vec<Entry>>,
     named: Mutex<HashMap<String, EngineSlot>>,
     servers: Mutex<HashMap<String, Weak<Server>>>,
+    /// Supervised streams' reports, by stream id.
+    supervised: Mutex<BTreeMap<String, Slot>>,
     /// Bumped on every result of every engine and on every registration change.
     activity: watch::Sender<u64>,
     /// Bumped when the set of engines changes.
@@ -57,6 +62,7 @@ static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
     entries: Mutex::new(Vec::new()),
     named: Mutex::new(HashMap::new()),
     servers: Mutex::new(HashMap::new()),
+    supervised: Mutex::new(BTreeMap::new()),
     activity: watch::channel(0).0,
     membership: watch::channel(0).0,
     subscribers: std::sync::atomic::AtomicU64::new(0),
@@ -236,6 +242,25 @@ impl Hub {
     /// The servers of this process, by address.
     pub(crate) fn servers(&self) -> MutexGuard<'_, HashMap<String, Weak<Server>>> {
         lock(&self.servers)
+    }
+
+    /// Every supervised stream's health, sorted by id.
+    pub fn supervised(&self) -> Vec<(String, StreamHealth)> {
+        lock(&self.supervised)
+            .iter()
+            .map(|(id, slot)| (id.clone(), supervision::lock(slot).clone()))
+            .collect()
+    }
+
+    /// The health of the supervised stream `id`, if a supervisor reports it.
+    pub fn stream_health(&self, id: &str) -> Option<StreamHealth> {
+        let slot = lock(&self.supervised).get(id).cloned()?;
+        let health = supervision::lock(&slot).clone();
+        Some(health)
+    }
+
+    pub(crate) fn supervised_slots(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
+        lock(&self.supervised)
     }
 
     /// Changes on every result and every registration: for waking subscribers.

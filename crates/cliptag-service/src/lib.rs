@@ -25,9 +25,11 @@ mod hub;
 pub mod metrics;
 mod server;
 mod service;
+mod supervision;
 
 pub use cliptag_proto::{self as proto, v1};
 pub use detections::CHANNEL_DEPTH;
 pub use hub::{Hub, Registration, hub};
 pub use server::{Server, ServerConfig, ServerError, TlsFiles, parse_address};
 pub use service::{CliptagService, MAX_IMAGE_BYTES};
+pub use supervision::{StreamHealth, StreamState, Supervised};

@@ -10,6 +10,8 @@
 //! | `cliptag_stream_frames_in`, `_inferred`, `_skipped`, `_dropped`, `_failed` | counter | stream, model |
 //! | `cliptag_stream_queue_depth`, `_pending`, `_label_set_version` | gauge | stream, model |
 //! | `cliptag_stream_latency_seconds` | histogram (submission to scores) | stream, model |
+//! | `cliptag_stream_up` | gauge: 1 while a supervised stream's pipeline plays, else 0 | stream |
+//! | `cliptag_stream_restarts` | counter: a supervised stream's restarts | stream |
 //! | `cliptag_engine_info` | gauge (1) | engine, model, device, dtype |
 //! | `cliptag_engine_batches`, `cliptag_engine_batch_seconds` | counter | engine |
 //! | `cliptag_engine_batch_frames` | histogram (frames per batch) | engine |
@@ -226,6 +228,35 @@ impl Collector for Process {
             "Inferred frames' time from submission to scores",
             Some(&Unit::Seconds),
             latency,
+        )?;
+
+        // Streams `cliptag serve` keeps running, also while they are down.
+        let supervised = hub().supervised();
+        let supervised_labels = |id: &str| -> Labels { vec![("stream", id.to_string())] };
+        family(
+            &mut encoder,
+            "cliptag_stream_up",
+            "1 while a supervised stream's pipeline plays, 0 while it starts, restarts or has stopped",
+            None,
+            MetricType::Gauge,
+            supervised
+                .iter()
+                .map(|(id, h)| {
+                    let up = h.state == crate::StreamState::Running;
+                    (supervised_labels(id), ConstGauge::new(i64::from(up)))
+                })
+                .collect(),
+        )?;
+        family(
+            &mut encoder,
+            "cliptag_stream_restarts",
+            "Times a supervised stream was started again after a failure or the end of its input",
+            None,
+            MetricType::Counter,
+            supervised
+                .iter()
+                .map(|(id, h)| (supervised_labels(id), ConstCounter::new(h.restarts)))
+                .collect(),
         )?;
 
         let engines = hub().engines();

@@ -176,17 +176,30 @@ impl Cliptag for CliptagService {
         &self,
         _request: Request<v1::ListStreamsRequest>,
     ) -> Result<Response<v1::ListStreamsResponse>, Status> {
-        let streams = hub()
+        let mut supervised: std::collections::BTreeMap<_, _> =
+            hub().supervised().into_iter().collect();
+        let mut streams: Vec<v1::StreamInfo> = hub()
             .streams()
             .into_iter()
             .map(|(engine, info)| v1::StreamInfo {
                 label_set_version: engine.labels(&info.label_set).map_or(0, |s| s.version()),
                 model: engine.model().source.clone(),
                 stats: Some(convert::stats_to_proto(&info.stats)),
+                health: supervised
+                    .remove(&info.id)
+                    .map(|h| convert::health_to_proto(&h)),
                 label_set: info.label_set,
                 id: info.id,
             })
             .collect();
+        // Supervised streams whose pipelines are down: no engine knows them now.
+        streams.extend(supervised.into_iter().map(|(id, h)| v1::StreamInfo {
+            model: h.model.clone(),
+            health: Some(convert::health_to_proto(&h)),
+            id,
+            ..Default::default()
+        }));
+        streams.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Response::new(v1::ListStreamsResponse { streams }))
     }
 

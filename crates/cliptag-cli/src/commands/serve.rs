@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use cliptag_service::TlsFiles;
 use cliptag_service::console::Snapshots;
+use cliptag_service::{Supervised, TlsFiles};
 use gst::prelude::*;
 
 use super::run::{deliver_snapshots, input_description, tagging_pipeline};
@@ -332,26 +332,29 @@ struct Supervisor {
 impl Supervisor {
     fn run(self) {
         let id = &self.stream.id;
+        // Reported in ListStreams, the console and the metrics until this returns.
+        let report = Supervised::new(id, &self.model_description());
         let mut backoff = FIRST_BACKOFF;
         loop {
             let started = Instant::now();
-            let ended = self.run_once();
+            let ended = self.run_once(&report);
             let ran = started.elapsed();
             match ended {
                 Ended::Stopped => return,
                 Ended::Eos if self.stream.restart == Restart::Always => {
                     tracing::info!("stream {id:?} reached the end of its input; starting it again");
                     backoff = FIRST_BACKOFF;
-                    continue;
                 }
                 Ended::Eos => {
                     tracing::info!("stream {id:?} reached the end of its input");
+                    report.ended();
                     return;
                 }
                 Ended::Failed(why) if self.stream.restart == Restart::Never => {
                     tracing::error!(
                         "stream {id:?} failed: {why}; not restarting (restart = \"never\")"
                     );
+                    report.failed(&why, None);
                     return;
                 }
                 Ended::Failed(why) => {
@@ -362,12 +365,22 @@ impl Supervisor {
                         "stream {id:?} failed: {why}; restarting in {:.0} s",
                         backoff.as_secs_f64()
                     );
+                    report.failed(&why, Some(std::time::SystemTime::now() + backoff));
                     if !self.wait(backoff) {
                         return;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+            report.restarting_now();
+        }
+    }
+
+    /// The model as `ListStreams` names it while the stream is down.
+    fn model_description(&self) -> String {
+        match &self.engine.model {
+            Some(dir) => dir.display().to_string(),
+            None => format!("{} (bundled)", cliptag_model::bundled::NAME),
         }
     }
 
@@ -399,12 +412,12 @@ impl Supervisor {
     }
 
     /// Builds the pipeline and runs it until it ends, fails or is asked to stop.
-    fn run_once(&self) -> Ended {
+    fn run_once(&self, report: &Supervised) -> Ended {
         let pipeline = match self.build() {
             Ok(p) => p,
             Err(e) => return Ended::Failed(format!("{e:#}")),
         };
-        let ended = self.play(&pipeline);
+        let ended = self.play(&pipeline, report);
         let _ = pipeline.set_state(gst::State::Null);
         if let Some(board) = &self.snapshots {
             board.remove(&self.stream.id);
@@ -447,7 +460,7 @@ impl Supervisor {
         Ok(pipeline)
     }
 
-    fn play(&self, pipeline: &gst::Pipeline) -> Ended {
+    fn play(&self, pipeline: &gst::Pipeline, report: &Supervised) -> Ended {
         let Some(bus) = pipeline.bus() else {
             return Ended::Failed("the pipeline has no bus".into());
         };
@@ -456,7 +469,7 @@ impl Supervisor {
                 first_error(&bus).unwrap_or_else(|| "the pipeline did not start".into()),
             );
         }
-        tracing::info!("stream {:?} playing", self.stream.id);
+        tracing::info!("stream {:?} starting", self.stream.id);
         let mut eos_sent: Option<Instant> = None;
         loop {
             if self.stop.load(Ordering::Relaxed) && eos_sent.is_none() {
@@ -474,6 +487,15 @@ impl Supervisor {
                 gst::MessageView::Eos(_) if eos_sent.is_some() => return Ended::Stopped,
                 gst::MessageView::Eos(_) => return Ended::Eos,
                 gst::MessageView::Error(e) => return Ended::Failed(describe_error(e)),
+                // Running once the whole pipeline plays (a network source gets there
+                // only when its server answers).
+                gst::MessageView::StateChanged(change)
+                    if change.current() == gst::State::Playing
+                        && msg.src() == Some(pipeline.upcast_ref()) =>
+                {
+                    tracing::info!("stream {:?} playing", self.stream.id);
+                    report.running();
+                }
                 gst::MessageView::Warning(w) => {
                     tracing::warn!("stream {:?}: {}", self.stream.id, w.error())
                 }

@@ -27,11 +27,13 @@ pub fn run(args: Args) -> Result<()> {
             .map_err(describe)?
             .into_inner();
         for s in reply.streams {
+            let health = s.health.as_ref().map(health_json);
             let stats = s.stats.unwrap_or_default();
             if args.json {
                 outln!(
                     "{}",
                     json!({
+                        "health": health,
                         "id": s.id,
                         "model": s.model,
                         "label_set": s.label_set,
@@ -47,8 +49,9 @@ pub fn run(args: Args) -> Result<()> {
                     })
                 )?;
             } else {
+                let health = s.health.as_ref().map(health_text).unwrap_or_default();
                 outln!(
-                    "{}  model {}  labels v{}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms",
+                    "{}{health}  model {}  labels v{}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms",
                     s.id,
                     s.model,
                     s.label_set_version,
@@ -63,4 +66,57 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(())
     })
+}
+
+fn state_name(h: &v1::StreamHealth) -> &'static str {
+    use v1::stream_health::State;
+    match h.state() {
+        State::Unspecified => "unknown",
+        State::Starting => "starting",
+        State::Running => "running",
+        State::Restarting => "restarting",
+        State::Ended => "ended",
+        State::Failed => "failed",
+    }
+}
+
+/// A protobuf timestamp's seconds and nanoseconds as Unix seconds.
+fn unix_seconds(seconds: i64, nanos: i32) -> f64 {
+    seconds as f64 + f64::from(nanos) / 1e9
+}
+
+/// A supervised stream's health as JSON: state, restarts, last error, times (Unix s).
+fn health_json(h: &v1::StreamHealth) -> serde_json::Value {
+    json!({
+        "state": state_name(h),
+        "restarts": h.restarts,
+        "last_error": (!h.last_error.is_empty()).then_some(&h.last_error),
+        "last_error_time": h.last_error_time.as_ref().map(|t| unix_seconds(t.seconds, t.nanos)),
+        "retry_time": h.retry_time.as_ref().map(|t| unix_seconds(t.seconds, t.nanos)),
+    })
+}
+
+/// A supervised stream's health on the stream's line: ` [running, 2 restarts]`, and the
+/// wait and the error while restarting.
+fn health_text(h: &v1::StreamHealth) -> String {
+    let mut text = format!(" [{}, {} restarts", state_name(h), h.restarts);
+    if let Some(retry) = h
+        .retry_time
+        .as_ref()
+        .map(|t| unix_seconds(t.seconds, t.nanos))
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        text.push_str(&format!(", again in {:.1} s", (retry - now).max(0.0)));
+    }
+    let down = !matches!(
+        h.state(),
+        v1::stream_health::State::Running | v1::stream_health::State::Starting
+    );
+    if down && !h.last_error.is_empty() {
+        text.push_str(&format!(": {}", h.last_error));
+    }
+    text.push(']');
+    text
 }

@@ -191,6 +191,40 @@ pub struct Stream {
     pub label_set: String,
     pub label_set_version: u64,
     pub stats: Option<Stats>,
+    /// Set for streams `cliptag serve` keeps running.
+    pub health: Option<Health>,
+}
+
+/// A supervised stream's state (starting, running, restarting, ended, failed), its
+/// restarts and its last error, with times in Unix milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub state: &'static str,
+    pub restarts: u64,
+    pub last_error: String,
+    pub last_error_unix_ms: Option<i64>,
+    pub retry_unix_ms: Option<i64>,
+}
+
+impl Health {
+    fn from_proto(h: &v1::StreamHealth) -> Self {
+        use v1::stream_health::State;
+        let ms = |t: &prost_types::Timestamp| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
+        Self {
+            state: match h.state() {
+                State::Unspecified => "unknown",
+                State::Starting => "starting",
+                State::Running => "running",
+                State::Restarting => "restarting",
+                State::Ended => "ended",
+                State::Failed => "failed",
+            },
+            restarts: h.restarts,
+            last_error: h.last_error.clone(),
+            last_error_unix_ms: h.last_error_time.as_ref().map(ms),
+            retry_unix_ms: h.retry_time.as_ref().map(ms),
+        }
+    }
 }
 
 /// `GET /api/streams`.
@@ -210,6 +244,7 @@ impl Streams {
                     model: s.model,
                     label_set: s.label_set,
                     label_set_version: s.label_set_version,
+                    health: s.health.as_ref().map(Health::from_proto),
                     stats: s.stats.map(|t| Stats {
                         frames_in: t.frames_in,
                         inferred: t.inferred,

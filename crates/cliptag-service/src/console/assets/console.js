@@ -252,7 +252,26 @@
     $("stream-model").textContent = stream
       ? `model ${stream.model ?? "?"} · label set ${stream.label_set ?? "?"} v${stream.label_set_version ?? "?"}`
       : "";
-    const lastError = stats.last_error ? String(stats.last_error) : "";
+    // A supervised stream's state: its restarts, and while it is down, why and when
+    // it comes back.
+    const health = stream?.health;
+    let healthText = "";
+    if (health) {
+      healthText = `${health.state} · ${health.restarts} restart${health.restarts === 1 ? "" : "s"}`;
+      if (health.retry_unix_ms) {
+        const wait = Math.max(0, (health.retry_unix_ms - Date.now()) / 1000);
+        healthText += ` · again in ${wait.toFixed(1)} s`;
+      }
+    }
+    $("stream-health").textContent = healthText;
+    $("stream-health").hidden = !healthText;
+    $("stream-health").dataset.state = health ? String(health.state) : "";
+    const down = health && health.state !== "running" && health.state !== "starting";
+    const lastError = stats.last_error
+      ? String(stats.last_error)
+      : down && health.last_error
+        ? String(health.last_error)
+        : "";
     $("last-error").textContent = lastError ? `last error: ${lastError}` : "";
     $("last-error").hidden = !lastError;
   }
