@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cliptag_end_to_end::{Running, cliptag_bin, make_clip};
+use cliptag_end_to_end::{Running, cliptag_bin, list_streams, make_clip};
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -41,24 +41,6 @@ uri = "file:///nonexistent/camera.webm"
 engine = "shared"
 "#;
 
-/// `cliptag streams --json`: id -> the stream's line.
-fn streams(address: &str) -> std::collections::HashMap<String, Value> {
-    let out = Command::new(cliptag_bin())
-        .args(["streams", "--server", address, "--json"])
-        .output()
-        .expect("cliptag streams");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| (v["id"].as_str().unwrap_or_default().to_string(), v))
-        .collect()
-}
-
 #[test]
 fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -89,7 +71,7 @@ fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
                 restarts.push(line);
             }
         }
-        let now = streams(&run.address);
+        let now = list_streams(&run.address);
         let all_tagging = ["ball", "snow", "file"].iter().all(|id| {
             now.get(*id)
                 .is_some_and(|s| s["inferred"].as_u64().unwrap_or(0) >= 20)
@@ -143,11 +125,11 @@ fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
     // The others keep their rate while the broken one keeps failing: the live ball
     // gains frames at about its 15 a second (two thirds of it at least, to leave room
     // for a loaded machine).
-    let before = streams(&run.address)["ball"]["frames_in"]
+    let before = list_streams(&run.address)["ball"]["frames_in"]
         .as_u64()
         .unwrap_or(0);
     std::thread::sleep(Duration::from_secs(2));
-    let after = streams(&run.address)["ball"]["frames_in"]
+    let after = list_streams(&run.address)["ball"]["frames_in"]
         .as_u64()
         .unwrap_or(0);
     assert!(
@@ -221,7 +203,7 @@ test_pattern = "checkers-8"
 fn wait_for_streams(address: &str, ids: &[&str]) -> std::collections::HashMap<String, Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = streams(address);
+        let now = list_streams(address);
         let mut running: Vec<&str> = now.keys().map(String::as_str).collect();
         running.sort_unstable();
         let mut want = ids.to_vec();

@@ -242,3 +242,21 @@ pub fn make_clip(dir: &Path, frames: u32) {
         dir.display()
     );
 }
+
+/// `cliptag streams --json` against `address`: each stream's line, by id.
+pub fn list_streams(address: &str) -> std::collections::HashMap<String, serde_json::Value> {
+    let out = Command::new(cliptag_bin())
+        .args(["streams", "--server", address, "--json"])
+        .output()
+        .expect("cliptag streams");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| (v["id"].as_str().unwrap_or_default().to_string(), v))
+        .collect()
+}

@@ -103,7 +103,8 @@ pub struct EngineConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum Restart {
     /// After an error (a camera unplugged, a server gone), with backoff; the end of a
-    /// file ends the stream.
+    /// file ends the stream. (A network source that ends counts as an error: a camera
+    /// has no end, a server closing the connection does.)
     #[default]
     OnError,
     /// After an error and at the end of the input (a file played in a loop).
@@ -133,6 +134,9 @@ pub struct StreamConfig {
     /// When to start the pipeline again.
     #[serde(default)]
     pub restart: Restart,
+    /// Seconds without a frame after which a playing stream counts as failed (a camera
+    /// that hangs with its connection open); 0: never.
+    pub stall_timeout: Option<u32>,
     /// Infer every Nth frame.
     pub interval: Option<u32>,
     /// sync or async.
@@ -148,6 +152,9 @@ pub struct StreamConfig {
     /// softmax or sigmoid.
     pub scoring: Option<String>,
 }
+
+/// Seconds without a frame before a stream counts as stalled, when the file says nothing.
+pub const DEFAULT_STALL_TIMEOUT: u32 = 10;
 
 /// The engine streams use when they name none and the file declares none.
 pub const DEFAULT_ENGINE: &str = "default";
@@ -167,6 +174,22 @@ impl StreamConfig {
             threshold: self.threshold,
             scoring: self.scoring.clone(),
         }
+    }
+
+    /// How long the stream may go without a frame; `None`: for ever.
+    pub fn stall_timeout(&self) -> Option<std::time::Duration> {
+        match self.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT) {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(u64::from(s))),
+        }
+    }
+
+    /// Whether the end of the input is a failure: a network source (any URI but
+    /// `file:`) has no end of its own, so its end means the server went away.
+    pub fn end_is_failure(&self) -> bool {
+        self.uri
+            .as_deref()
+            .is_some_and(|u| !u.trim_start().to_ascii_lowercase().starts_with("file:"))
     }
 
     /// The engine's name.
@@ -319,6 +342,28 @@ mod tests {
             Some(Path::new("/srv/conf/clip.webm"))
         );
         assert_eq!(c.streams[1].restart, Restart::Always);
+    }
+
+    #[test]
+    fn network_sources_end_as_failures_and_stall_after_ten_seconds_unless_told() {
+        let c = Config::parse(
+            "[[streams]]\nid = \"cam\"\nuri = \"rtsp://camera/stream\"\n\
+             [[streams]]\nid = \"disk\"\nuri = \"FILE:///srv/clip.webm\"\nstall_timeout = 0\n\
+             [[streams]]\nid = \"local\"\nfile = \"clip.webm\"\nstall_timeout = 4\n",
+            Path::new("/srv/conf/cliptag.toml"),
+        )
+        .expect("parses");
+        let ends: Vec<bool> = c.streams.iter().map(StreamConfig::end_is_failure).collect();
+        assert_eq!(ends, [true, false, false]);
+        let stalls: Vec<_> = c.streams.iter().map(StreamConfig::stall_timeout).collect();
+        assert_eq!(
+            stalls,
+            [
+                Some(std::time::Duration::from_secs(10)),
+                None,
+                Some(std::time::Duration::from_secs(4))
+            ]
+        );
     }
 
     #[test]

@@ -337,7 +337,12 @@ impl Supervisor {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let started = Instant::now();
-            let ended = self.run_once(&report);
+            let ended = match self.run_once(&report) {
+                Ended::Eos if self.stream.end_is_failure() => Ended::Failed(
+                    "the source ended (a network source ends when its server goes away)".into(),
+                ),
+                ended => ended,
+            };
             let ran = started.elapsed();
             match ended {
                 Ended::Stopped => return,
@@ -464,6 +469,11 @@ impl Supervisor {
         let Some(bus) = pipeline.bus() else {
             return Ended::Failed("the pipeline has no bus".into());
         };
+        let frames = match FrameClock::watch(pipeline) {
+            Ok(clock) => clock,
+            Err(e) => return Ended::Failed(format!("{e:#}")),
+        };
+        let stall = self.stream.stall_timeout();
         if pipeline.set_state(gst::State::Playing).is_err() {
             return Ended::Failed(
                 first_error(&bus).unwrap_or_else(|| "the pipeline did not start".into()),
@@ -479,6 +489,15 @@ impl Supervisor {
             }
             if eos_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
                 return Ended::Stopped; // a source that ignores EOS
+            }
+            if let Some(limit) = stall
+                && eos_sent.is_none()
+                && frames.since_last() > limit
+            {
+                return Ended::Failed(format!(
+                    "no frame for {} s (stall_timeout)",
+                    limit.as_secs()
+                ));
             }
             let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
                 continue;
@@ -502,6 +521,42 @@ impl Supervisor {
                 _ => {}
             }
         }
+    }
+}
+
+/// When the last frame reached the tagger (or the pipeline started, before the first):
+/// for noticing a source that hangs without an error, as a camera may with its
+/// connection still open.
+struct FrameClock {
+    start: Instant,
+    /// Milliseconds from `start` to the last frame.
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FrameClock {
+    fn watch(pipeline: &gst::Pipeline) -> Result<Self> {
+        let pad = pipeline
+            .by_name("tag")
+            .and_then(|tag| tag.static_pad("sink"))
+            .ok_or_else(|| anyhow!("the cliptag element has no sink pad"))?;
+        let start = Instant::now();
+        let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let last = last_ms.clone();
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, _| {
+                let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last.store(ms, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            },
+        );
+        Ok(Self { start, last_ms })
+    }
+
+    /// Time since the last frame (or the start).
+    fn since_last(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
     }
 }
 

@@ -120,3 +120,39 @@ fn health_text(h: &v1::StreamHealth) -> String {
     text.push(']');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarting_stream_shows_its_wait_and_error_and_a_running_one_neither() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut h = v1::StreamHealth {
+            state: v1::stream_health::State::Restarting as i32,
+            restarts: 3,
+            last_error: "Not Found (404)".into(),
+            last_error_time: None,
+            retry_time: Some(Default::default()),
+        };
+        if let Some(t) = &mut h.retry_time {
+            t.seconds = now + 4;
+        }
+        let text = health_text(&h);
+        assert!(
+            text.starts_with(" [restarting, 3 restarts, again in "),
+            "{text}"
+        );
+        assert!(text.ends_with(": Not Found (404)]"), "{text}");
+        let json = health_json(&h);
+        assert_eq!(json["state"], "restarting");
+        assert_eq!(json["last_error"], "Not Found (404)");
+        assert!(json["retry_time"].as_f64().is_some_and(|t| t >= now as f64));
+
+        h.state = v1::stream_health::State::Running as i32;
+        h.retry_time = None;
+        assert_eq!(health_text(&h), " [running, 3 restarts]");
+    }
+}
