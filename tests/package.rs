@@ -35,8 +35,9 @@ fn read(path: &Path) -> String {
 #[test]
 fn the_package_unpacked_runs_its_plugin_its_cli_and_its_configuration() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    // The binaries `cargo test --workspace` just built (the dev profile; `./x package`
-    // builds release): packaging them checks the layout without another build.
+    // The dev-profile binaries `./x test` builds before the tests (`cargo build -p
+    // cliptag-cli -p gst-cliptag`; `./x package` builds release): packaging them checks
+    // the layout without another build.
     run(Command::new(cargo_deb())
         .current_dir(repo_root())
         .args(["-q", "-p", "cliptag-cli", "--no-build", "--profile", "dev"])
