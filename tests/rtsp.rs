@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cliptag_end_to_end::{Running, list_streams, make_clip, repo_root};
+use cliptag_end_to_end::{Running, frames_in_shared_batches, list_streams, make_clip, repo_root};
 use serde_json::Value;
 
 /// The RTSP server process, driven through its stdin.
@@ -184,15 +184,7 @@ restart = "always"
                 .all(|id| counter(now, id, "inferred") >= 30 && state(now, id) == "running")
         },
     );
-    let shared_batches: u64 = seen
-        .values()
-        .map(|s| {
-            s["batch_sizes"]
-                .as_array()
-                .map(|b| b.iter().skip(2).filter_map(Value::as_u64).sum::<u64>())
-                .unwrap_or(0)
-        })
-        .sum();
+    let shared_batches = frames_in_shared_batches(&seen);
     assert!(
         shared_batches > 0,
         "no batch held frames of two streams: {seen:#?}"
@@ -261,7 +253,10 @@ restart = "always"
             })
         },
     );
+    // Reconnected to a camera that still sends nothing, it is not reported running.
     assert_ne!(state(&stalled, "door"), "running", "{:#?}", stalled["door"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(state(&list_streams(&run.address), "door"), "running");
     rtsp.command("thaw ball");
     wait_until(
         &run.address,

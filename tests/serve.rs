@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cliptag_end_to_end::{Running, cliptag_bin, list_streams, make_clip};
+use cliptag_end_to_end::{Running, cliptag_bin, frames_in_shared_batches, list_streams, make_clip};
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -111,15 +111,7 @@ fn streams_on_one_engine_batch_together_and_a_failing_source_restarts_alone() {
         "{restarts:?}"
     );
     // Frames of different streams shared forward passes.
-    let batched: u64 = seen
-        .values()
-        .map(|s| {
-            s["batch_sizes"]
-                .as_array()
-                .map(|b| b.iter().skip(2).filter_map(Value::as_u64).sum::<u64>())
-                .unwrap_or(0)
-        })
-        .sum();
+    let batched = frames_in_shared_batches(&seen);
     assert!(batched > 0, "no batch held frames of two streams: {seen:?}");
 
     // The others keep their rate while the broken one keeps failing: the live ball

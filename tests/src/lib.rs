@@ -260,3 +260,21 @@ pub fn list_streams(address: &str) -> std::collections::HashMap<String, serde_js
         .map(|v| (v["id"].as_str().unwrap_or_default().to_string(), v))
         .collect()
 }
+
+/// Frames of the listed streams that were inferred in batches of more than one frame
+/// (with several streams on one engine: batches that held frames of two streams).
+pub fn frames_in_shared_batches(
+    streams: &std::collections::HashMap<String, serde_json::Value>,
+) -> u64 {
+    streams
+        .values()
+        .map(|s| {
+            s["batch_sizes"].as_array().map_or(0, |b| {
+                b.iter()
+                    .skip(2)
+                    .filter_map(serde_json::Value::as_u64)
+                    .sum::<u64>()
+            })
+        })
+        .sum()
+}

@@ -12,3 +12,19 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of the API (with its imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cliptag_descriptor.bin"));
+
+impl v1::stream_health::State {
+    /// The state's name as people read it: starting, running, restarting, ended,
+    /// failed (unknown when unspecified).
+    pub fn label(self) -> &'static str {
+        use v1::stream_health::State;
+        match self {
+            State::Unspecified => "unknown",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Ended => "ended",
+            State::Failed => "failed",
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! | `cliptag_stream_frames_in`, `_inferred`, `_skipped`, `_dropped`, `_failed` | counter | stream, model |
 //! | `cliptag_stream_queue_depth`, `_pending`, `_label_set_version` | gauge | stream, model |
 //! | `cliptag_stream_latency_seconds` | histogram (submission to scores) | stream, model |
-//! | `cliptag_stream_up` | gauge: 1 while a supervised stream's pipeline plays, else 0 | stream |
+//! | `cliptag_stream_up` | gauge: 1 while frames flow through a supervised stream, else 0 | stream |
 //! | `cliptag_stream_restarts` | counter: a supervised stream's restarts | stream |
 //! | `cliptag_engine_info` | gauge (1) | engine, model, device, dtype |
 //! | `cliptag_engine_batches`, `cliptag_engine_batch_seconds` | counter | engine |
@@ -236,7 +236,7 @@ impl Collector for Process {
         family(
             &mut encoder,
             "cliptag_stream_up",
-            "1 while a supervised stream's pipeline plays, 0 while it starts, restarts or has stopped",
+            "1 while frames flow through a supervised stream, 0 while it starts, restarts or has stopped",
             None,
             MetricType::Gauge,
             supervised

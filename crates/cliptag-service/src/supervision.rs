@@ -16,7 +16,7 @@ const MAX_ERROR_BYTES: usize = 1024;
 pub enum StreamState {
     /// Its pipeline is being built and started.
     Starting,
-    /// Its pipeline is playing.
+    /// Frames flow through its pipeline.
     Running,
     /// Its last run failed (or ended, to be run again); it starts again at `retry_at`.
     Restarting,
@@ -79,7 +79,7 @@ impl Supervised {
         }
     }
 
-    /// The stream's pipeline is playing.
+    /// Frames flow through the stream's pipeline.
     pub fn running(&self) {
         let mut h = lock(&self.slot);
         h.state = StreamState::Running;

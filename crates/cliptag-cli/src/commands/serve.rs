@@ -481,6 +481,7 @@ impl Supervisor {
         }
         tracing::info!("stream {:?} starting", self.stream.id);
         let mut eos_sent: Option<Instant> = None;
+        let mut running = false;
         loop {
             if self.stop.load(Ordering::Relaxed) && eos_sent.is_none() {
                 // Every frame in flight is tagged before the end.
@@ -499,6 +500,13 @@ impl Supervisor {
                     limit.as_secs()
                 ));
             }
+            // Running once frames flow: a live pipeline plays before its network source
+            // has even connected, and a reconnected camera may still send nothing.
+            if !running && frames.seen_any() {
+                running = true;
+                tracing::info!("stream {:?} tagging", self.stream.id);
+                report.running();
+            }
             let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
                 continue;
             };
@@ -506,15 +514,6 @@ impl Supervisor {
                 gst::MessageView::Eos(_) if eos_sent.is_some() => return Ended::Stopped,
                 gst::MessageView::Eos(_) => return Ended::Eos,
                 gst::MessageView::Error(e) => return Ended::Failed(describe_error(e)),
-                // Running once the whole pipeline plays (a network source gets there
-                // only when its server answers).
-                gst::MessageView::StateChanged(change)
-                    if change.current() == gst::State::Playing
-                        && msg.src() == Some(pipeline.upcast_ref()) =>
-                {
-                    tracing::info!("stream {:?} playing", self.stream.id);
-                    report.running();
-                }
                 gst::MessageView::Warning(w) => {
                     tracing::warn!("stream {:?}: {}", self.stream.id, w.error())
                 }
@@ -529,7 +528,7 @@ impl Supervisor {
 /// connection still open.
 struct FrameClock {
     start: Instant,
-    /// Milliseconds from `start` to the last frame.
+    /// Milliseconds from `start` to the last frame, plus one (0: no frame yet).
     last_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -545,7 +544,9 @@ impl FrameClock {
         pad.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
             move |_, _| {
-                let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let ms = u64::try_from(start.elapsed().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(1);
                 last.store(ms, Ordering::Relaxed);
                 gst::PadProbeReturn::Ok
             },
@@ -555,8 +556,15 @@ impl FrameClock {
 
     /// Time since the last frame (or the start).
     fn since_last(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
+        let last = self.last_ms.load(Ordering::Relaxed).saturating_sub(1);
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// Whether a frame has reached the tagger.
+    fn seen_any(&self) -> bool {
+        self.last_ms.load(Ordering::Relaxed) > 0
     }
 }
 

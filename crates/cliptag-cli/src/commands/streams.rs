@@ -68,18 +68,6 @@ pub fn run(args: Args) -> Result<()> {
     })
 }
 
-fn state_name(h: &v1::StreamHealth) -> &'static str {
-    use v1::stream_health::State;
-    match h.state() {
-        State::Unspecified => "unknown",
-        State::Starting => "starting",
-        State::Running => "running",
-        State::Restarting => "restarting",
-        State::Ended => "ended",
-        State::Failed => "failed",
-    }
-}
-
 /// A protobuf timestamp's seconds and nanoseconds as Unix seconds.
 fn unix_seconds(seconds: i64, nanos: i32) -> f64 {
     seconds as f64 + f64::from(nanos) / 1e9
@@ -88,7 +76,7 @@ fn unix_seconds(seconds: i64, nanos: i32) -> f64 {
 /// A supervised stream's health as JSON: state, restarts, last error, times (Unix s).
 fn health_json(h: &v1::StreamHealth) -> serde_json::Value {
     json!({
-        "state": state_name(h),
+        "state": h.state().label(),
         "restarts": h.restarts,
         "last_error": (!h.last_error.is_empty()).then_some(&h.last_error),
         "last_error_time": h.last_error_time.as_ref().map(|t| unix_seconds(t.seconds, t.nanos)),
@@ -99,7 +87,7 @@ fn health_json(h: &v1::StreamHealth) -> serde_json::Value {
 /// A supervised stream's health on the stream's line: ` [running, 2 restarts]`, and the
 /// wait and the error while restarting.
 fn health_text(h: &v1::StreamHealth) -> String {
-    let mut text = format!(" [{}, {} restarts", state_name(h), h.restarts);
+    let mut text = format!(" [{}, {} restarts", h.state().label(), h.restarts);
     if let Some(retry) = h
         .retry_time
         .as_ref()

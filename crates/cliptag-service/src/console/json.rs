@@ -208,17 +208,9 @@ pub struct Health {
 
 impl Health {
     fn from_proto(h: &v1::StreamHealth) -> Self {
-        use v1::stream_health::State;
         let ms = |t: &prost_types::Timestamp| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
         Self {
-            state: match h.state() {
-                State::Unspecified => "unknown",
-                State::Starting => "starting",
-                State::Running => "running",
-                State::Restarting => "restarting",
-                State::Ended => "ended",
-                State::Failed => "failed",
-            },
+            state: h.state().label(),
             restarts: h.restarts,
             last_error: h.last_error.clone(),
             last_error_unix_ms: h.last_error_time.as_ref().map(ms),
