@@ -25,7 +25,9 @@ pub enum LogFormat {
 
 /// Installs the process's subscriber (once, before anything logs).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("CLIPTAG_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The broker clients log every connection step at info; cliptag says what matters.
+    let filter = EnvFilter::try_from_env("CLIPTAG_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,rumqttc=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,5 +1,6 @@
 //! `cliptag`: zero-shot image tagging with CLIP models from the command line.
 
+mod broker_args;
 mod commands;
 mod grpc_args;
 mod label_args;

@@ -242,6 +242,31 @@ impl Engine {
         self.edit(set, if_version, true, |_| Ok(spec))
     }
 
+    /// Replaces (or creates) label set `set` at a version given from outside, such as the
+    /// revision of a key-value store that holds the set for many processes. Refused
+    /// (with [`EngineError::VersionMismatch`]) unless `version` is newer than the set's
+    /// current version, so that a late or repeated delivery never moves a set back.
+    /// Version 0 installs a set that has no outside version yet.
+    pub fn install_labels(
+        &self,
+        set: &str,
+        spec: LabelSetSpec,
+        version: u64,
+    ) -> Result<Arc<LabelSet>> {
+        let _serial = lock(&self.inner.edits);
+        let current = self.inner.label_set(set).map_or(0, |c| c.version());
+        if version <= current && !(version == 0 && current == 0) {
+            return Err(EngineError::VersionMismatch {
+                set: set.to_string(),
+                expected: version,
+                current,
+            });
+        }
+        let compiled = Arc::new(self.inner.encoder.compile(Arc::from(set), version, spec)?);
+        lock(&self.inner.label_sets).insert(set.to_string(), compiled.clone());
+        Ok(compiled)
+    }
+
     /// Changes an existing label set: `edit` gets the current spec and returns the new
     /// one. Same version check and swap as [`Engine::set_labels`].
     pub fn edit_labels(

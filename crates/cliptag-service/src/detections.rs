@@ -30,7 +30,7 @@ pub struct Filter {
     changes_only: bool,
     include_empty: bool,
     /// The top label last sent per stream (changes_only).
-    last_top: HashMap<Arc<str>, Option<String>>,
+    last_top: HashMap<String, Option<String>>,
 }
 
 impl Filter {
@@ -54,7 +54,15 @@ impl Filter {
         if !self.streams.is_empty() && !self.streams.iter().any(|s| **s == *result.stream) {
             return None;
         }
-        let mut detection = convert::detection(result);
+        self.apply_detection(convert::detection(result))
+    }
+
+    /// The same for a detection received from elsewhere (a broker): what of it to
+    /// show, if anything.
+    pub fn apply_detection(&mut self, mut detection: v1::Detection) -> Option<v1::Detection> {
+        if !self.streams.is_empty() && !self.streams.iter().any(|s| *s == detection.stream) {
+            return None;
+        }
         let wanted = |label: &str| self.labels.is_empty() || self.labels.iter().any(|l| l == label);
         detection
             .labels
@@ -65,7 +73,7 @@ impl Filter {
         }
         if self.changes_only {
             let top = detection.labels.first().map(|l| l.label.clone());
-            let previous = self.last_top.insert(result.stream.clone(), top.clone());
+            let previous = self.last_top.insert(detection.stream.clone(), top.clone());
             if previous.as_ref() == Some(&top) && detection.events.is_empty() {
                 return None;
             }

@@ -18,17 +18,19 @@
 //! ```
 
 mod background;
+pub mod brokers;
 pub mod console;
 mod convert;
 mod detections;
 mod hub;
+pub(crate) mod json;
 pub mod metrics;
 mod server;
 mod service;
 mod supervision;
 
 pub use cliptag_proto::{self as proto, v1};
-pub use detections::CHANNEL_DEPTH;
+pub use detections::{CHANNEL_DEPTH, Filter};
 pub use hub::{Hub, Registration, hub};
 pub use server::{Server, ServerConfig, ServerError, TlsFiles, parse_address};
 pub use service::{CliptagService, MAX_IMAGE_BYTES};

@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::brokers::{self, LabelsWriteError};
 use crate::convert::{self, status};
 use crate::detections::{self, Filter};
 use crate::hub::hub;
@@ -133,10 +134,22 @@ fn edit_all(
     }
     let mut swapped: Vec<(usize, Arc<LabelSet>)> = Vec::with_capacity(plans.len());
     for (i, plan) in plans.iter().enumerate() {
-        let set = plan
-            .engine
-            .set_labels(&plan.set, plan.spec.clone(), Some(plan.version))
-            .map_err(status)?;
+        let set = match brokers::binding_of(&plan.engine, &plan.set) {
+            // A set that follows a key changes through the key, so that every process
+            // bound to it (this one included) takes the change the same way.
+            Some(binding) => {
+                binding
+                    .write(&plan.spec, Some(plan.version))
+                    .map_err(write_status)?;
+                plan.engine.labels(&plan.set).ok_or_else(|| {
+                    Status::internal(format!("label set {} vanished", Quoted(&plan.set)))
+                })?
+            }
+            None => plan
+                .engine
+                .set_labels(&plan.set, plan.spec.clone(), Some(plan.version))
+                .map_err(status)?,
+        };
         swapped.push((i, set));
     }
     let sets = targets
@@ -149,6 +162,15 @@ fn edit_all(
         })
         .collect();
     Ok(v1::LabelsChanged { sets })
+}
+
+/// A write through a labels key that was not made.
+fn write_status(error: LabelsWriteError) -> Status {
+    match error {
+        LabelsWriteError::Conflict { .. } => Status::failed_precondition(error.to_string()),
+        LabelsWriteError::Unavailable(_) => Status::unavailable(error.to_string()),
+        LabelsWriteError::Refused(_) => Status::invalid_argument(error.to_string()),
+    }
 }
 
 /// `if_version` names one set's version: it needs a stream.
@@ -188,6 +210,8 @@ impl Cliptag for CliptagService {
                 health: supervised
                     .remove(&info.id)
                     .map(|h| convert::health_to_proto(&h)),
+                brokers: brokers::links_of(&info.id),
+                labels_binding: brokers::binding_proto(&engine, &info.label_set),
                 label_set: info.label_set,
                 id: info.id,
             })

@@ -1,7 +1,9 @@
-//! `cliptag labels get|set|add|remove`: read and change a running server's label sets.
+//! `cliptag labels get|set|add|remove`: read and change a running server's label sets,
+//! or (with --nats) a label group kept in a NATS key-value bucket, which every process
+//! bound to it follows.
 
 use crate::output::outln;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use cliptag_service::v1;
 use serde_json::json;
 
@@ -60,17 +62,31 @@ enum Action {
     },
 }
 
-/// Which server and stream, and the version check.
+/// Which server and stream (or which key of a bucket), and the version check.
 #[derive(Debug, clap::Args)]
 struct Target {
     #[command(flatten)]
     client: ClientArgs,
     /// The stream; without it, every stream.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "nats")]
     stream: Option<String>,
-    /// Change only if the set is at this version (needs --stream).
-    #[arg(long, value_name = "N", requires = "stream")]
+    /// Change only if the set is at this version (needs --stream, or --key: the key's
+    /// revision, 0 for a key with no set yet).
+    #[arg(long, value_name = "N")]
     if_version: Option<u64>,
+    /// Read or change a label group in the key-value bucket of this NATS server
+    /// (nats://host:port, tls:// for TLS) instead of a server's streams.
+    #[arg(long, value_name = "URL", requires = "key")]
+    nats: Option<String>,
+    /// The label group: a key of the bucket.
+    #[arg(long, value_name = "KEY", requires = "nats")]
+    key: Option<String>,
+    /// The bucket.
+    #[arg(long, value_name = "NAME", default_value = cliptag_service::brokers::DEFAULT_BUCKET)]
+    bucket: String,
+    /// PEM certificates to trust for a tls:// NATS server.
+    #[arg(long, value_name = "FILE")]
+    nats_ca: Option<std::path::PathBuf>,
     /// Print the reply as JSON.
     #[arg(long)]
     json: bool,
@@ -86,9 +102,91 @@ fn labels(names: Vec<String>) -> Vec<v1::Label> {
         .collect()
 }
 
-/// Runs the action against the server.
+/// Runs the action against the server, or the bucket.
 pub fn run(args: Args) -> Result<()> {
+    let target = args.action.target();
+    if target.if_version.is_some() && target.stream.is_none() && target.key.is_none() {
+        bail!("--if-version needs --stream (or --nats with --key)");
+    }
+    if target.nats.is_some() {
+        return runtime()?.block_on(crate::commands::labels_kv::act(args.action.into_kv()?));
+    }
     runtime()?.block_on(act(args.action))
+}
+
+impl Action {
+    fn target(&self) -> &Target {
+        match self {
+            Action::Get { target }
+            | Action::Set { target, .. }
+            | Action::Add { target, .. }
+            | Action::Remove { target, .. } => target,
+        }
+    }
+
+    /// The action on a bucket's key.
+    fn into_kv(self) -> Result<crate::commands::labels_kv::KvAction> {
+        use crate::commands::labels_kv::{Change, KvAction};
+        let target = self.target();
+        let (Some(url), Some(key)) = (target.nats.clone(), target.key.clone()) else {
+            bail!("--nats needs --key");
+        };
+        let mut action = KvAction {
+            url,
+            key,
+            bucket: target.bucket.clone(),
+            ca_file: target.nats_ca.clone(),
+            if_version: target.if_version,
+            json: target.json,
+            change: Change::Get,
+        };
+        action.change = match self {
+            Action::Get { .. } => Change::Get,
+            Action::Set {
+                labels: names,
+                template,
+                scoring,
+                top_k,
+                threshold,
+                pool_frames,
+                ..
+            } => Change::Set(label_set(
+                names.names()?,
+                template,
+                &scoring,
+                top_k,
+                threshold,
+                pool_frames,
+            )),
+            Action::Add { labels: names, .. } => Change::Add(labels(names.names()?)),
+            Action::Remove { labels: names, .. } => Change::Remove(names.names()?),
+        };
+        Ok(action)
+    }
+}
+
+fn label_set(
+    names: Vec<String>,
+    template: String,
+    scoring: &str,
+    top_k: u32,
+    threshold: Option<f32>,
+    pool_frames: u32,
+) -> v1::LabelSet {
+    v1::LabelSet {
+        labels: labels(names),
+        template,
+        scoring: if scoring == "sigmoid" {
+            v1::Scoring::Sigmoid
+        } else {
+            v1::Scoring::Softmax
+        }
+        .into(),
+        sigmoid_center: None,
+        threshold,
+        top_k,
+        pool_frames,
+    }
 }
 
 async fn act(action: Action) -> Result<()> {
@@ -112,20 +210,14 @@ async fn act(action: Action) -> Result<()> {
             threshold,
             pool_frames,
         } => {
-            let set = v1::LabelSet {
-                labels: labels(names.names()?),
+            let set = label_set(
+                names.names()?,
                 template,
-                scoring: if scoring == "sigmoid" {
-                    v1::Scoring::Sigmoid
-                } else {
-                    v1::Scoring::Softmax
-                }
-                .into(),
-                sigmoid_center: None,
-                threshold,
+                &scoring,
                 top_k,
+                threshold,
                 pool_frames,
-            };
+            );
             let mut client = target.client.connect().await?;
             let request = target.client.request(v1::SetLabelsRequest {
                 stream: target.stream.clone().unwrap_or_default(),

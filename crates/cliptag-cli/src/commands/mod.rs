@@ -7,6 +7,7 @@ pub mod classify;
 pub mod embed;
 pub mod eval;
 pub mod labels;
+pub mod labels_kv;
 pub mod preprocess;
 pub mod run;
 pub mod serve;

@@ -90,6 +90,8 @@ pub struct Args {
     metrics: Option<String>,
     #[command(flatten)]
     tuning: crate::tuning_args::TuningArgs,
+    #[command(flatten)]
+    brokers: crate::broker_args::BrokerArgs,
 }
 
 fn source_description(args: &Args) -> Result<String> {
@@ -161,6 +163,7 @@ pub fn run(args: Args) -> Result<()> {
     tag.set_property("prompt-template", &args.template);
     tag.set_property("device", &args.device);
     args.tuning.apply(&tag);
+    args.brokers.apply(&tag);
     if let Some(model) = &args.model {
         tag.set_property("model", model.display().to_string());
     }

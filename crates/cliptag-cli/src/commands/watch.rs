@@ -1,9 +1,12 @@
-//! `cliptag watch`: subscribe to a server's detections and print them.
+//! `cliptag watch`: subscribe to a server's detections and print them; with --nats, to
+//! the detections every cliptag process publishes to a NATS server.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
+use cliptag_service::Filter;
+use cliptag_service::brokers::NatsDetections;
 use cliptag_service::v1::{self, detection_event::Event};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -36,6 +39,86 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Read the detections of every process publishing to this NATS server
+    /// (nats://host:port, tls:// for TLS) instead of one server's.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// Subject prefix the processes publish under (`<prefix>.<stream>.detections`).
+    #[arg(
+        long,
+        default_value = "cliptag",
+        value_name = "PREFIX",
+        requires = "nats"
+    )]
+    subject_prefix: String,
+    /// PEM certificates to trust for a tls:// NATS server.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_ca: Option<std::path::PathBuf>,
+}
+
+/// Where detections come from.
+enum Source {
+    Grpc(tonic::Streaming<v1::DetectionEvent>),
+    /// Filtered here as the server filters for gRPC subscribers.
+    Nats(NatsDetections, Filter),
+}
+
+impl Source {
+    async fn open(args: &Args) -> Result<Self> {
+        let request = v1::StreamDetectionsRequest {
+            streams: args.stream.clone(),
+            labels: args.label.clone(),
+            min_score: args.min_score,
+            changes_only: !args.all,
+            include_empty: args.all,
+        };
+        if let Some(url) = &args.nats {
+            let filter = Filter::new(&request).map_err(describe)?;
+            let detections = NatsDetections::subscribe(
+                url,
+                args.nats_ca.clone(),
+                &args.subject_prefix,
+                &args.stream,
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            return Ok(Source::Nats(detections, filter));
+        }
+        let mut client = args.client.connect().await?;
+        let stream = client
+            .stream_detections(request)
+            .await
+            .map_err(describe)?
+            .into_inner();
+        Ok(Source::Grpc(stream))
+    }
+
+    /// The next event to print; `None` when the source ends.
+    async fn next(&mut self) -> Option<Result<Event>> {
+        match self {
+            Source::Grpc(stream) => {
+                let message = stream.next().await?;
+                Some(
+                    message
+                        .map_err(describe)
+                        .map(|m| m.event)
+                        .and_then(|e| e.ok_or_else(|| anyhow!("the server sent an empty event"))),
+                )
+            }
+            Source::Nats(detections, filter) => loop {
+                match detections.next().await? {
+                    Ok(d) => {
+                        if let Some(d) = filter.apply_detection(d) {
+                            return Some(Ok(Event::Detection(d)));
+                        }
+                    }
+                    // Someone else's message on the subject: say so, go on.
+                    Err(e) => tracing::warn!("skipped a message: {e}"),
+                }
+            },
+        }
+    }
 }
 
 /// Prints detections until the server ends the stream, `--count`, `--duration` or Ctrl-C.
@@ -44,18 +127,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn watch(args: Args) -> Result<()> {
-    let mut client = args.client.connect().await?;
-    let mut stream = client
-        .stream_detections(v1::StreamDetectionsRequest {
-            streams: args.stream.clone(),
-            labels: args.label.clone(),
-            min_score: args.min_score,
-            changes_only: !args.all,
-            include_empty: args.all,
-        })
-        .await
-        .map_err(describe)?
-        .into_inner();
+    let mut stream = Source::open(&args).await?;
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -82,22 +154,21 @@ async fn watch(args: Args) -> Result<()> {
             tracing::info!("the server ended the stream");
             return Ok(());
         };
-        match message.map_err(describe)?.event {
-            Some(Event::Detection(d)) => {
+        match message? {
+            Event::Detection(d) => {
                 print_detection(&mut out, &d, args.json)?;
                 seen += 1;
                 if args.count.is_some_and(|n| seen >= n) {
                     return Ok(());
                 }
             }
-            Some(Event::Lagged(l)) => {
+            Event::Lagged(l) => {
                 if args.json {
                     writeln!(out, "{}", json!({ "lagged": l.missed }))?;
                 } else {
                     writeln!(out, "(too slow: missed {} results)", l.missed)?;
                 }
             }
-            None => {}
         }
         out.flush().context("stdout")?;
     }

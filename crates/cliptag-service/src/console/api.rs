@@ -20,7 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Status};
 
 use super::Snapshots;
-use super::json;
+use crate::json;
 use crate::service::CliptagService;
 
 /// What the handlers share.

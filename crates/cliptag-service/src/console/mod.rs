@@ -16,7 +16,6 @@
 //! ```
 
 mod api;
-mod json;
 mod snapshots;
 
 use std::net::{SocketAddr, TcpListener};

@@ -33,9 +33,11 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::outbound::{Item, Next, Outbound};
+use cliptag_service::brokers::{LabelsBinding, LabelsKey, Publisher};
+
 use super::settings::{
-    self, Mode, Overload, PROPERTIES, Scoring, Settings, check_device, check_dtype, checked_text,
-    optional_text, split_labels,
+    self, Mode, NatsFormat, Overload, PROPERTIES, Scoring, Settings, check_device, check_dtype,
+    checked_text, optional_text, split_labels,
 };
 use crate::frame::{self, MappedFrame};
 use crate::meta;
@@ -86,6 +88,10 @@ struct State {
     registration: Option<cliptag_service::Registration>,
     /// The server `grpc-address` names.
     server: Option<Arc<cliptag_service::Server>>,
+    /// Publishes the stream's detections to `nats-url` and `mqtt-url`.
+    publisher: Option<Publisher>,
+    /// Keeps the label set following `labels-key`.
+    binding: Option<Arc<LabelsBinding>>,
 }
 
 pub struct Cliptag {
@@ -103,6 +109,14 @@ pub struct Cliptag {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// How long the way to READY waits for a `labels-key` to be read before it scores with
+/// the element's own labels (and says so).
+const LABELS_KEY_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the way to PAUSED waits for the brokers before it says which are unreachable
+/// (publishing goes on trying).
+const BROKER_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a serialized query waits for the frames before it.
 const QUERY_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -137,9 +151,18 @@ impl Cliptag {
         let spec = settings
             .label_spec()
             .map_err(|e| gst::error_msg!(gst::ResourceError::OpenRead, ["{e}"]))?;
-        engine
-            .set_labels(&label_set, spec, None)
+        let labels_key = settings
+            .labels_key()
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+        let binding = match &labels_key {
+            None => {
+                engine
+                    .set_labels(&label_set, spec, None)
+                    .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+                None
+            }
+            Some(key) => Some(self.bind_labels(&engine, &label_set, key, spec)?),
+        };
         let inference = engine
             .warm_up(settings.max_batch as usize)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Failed, ["{e}"]))?;
@@ -172,15 +195,88 @@ impl Cliptag {
         state.model_name = engine.model().source.clone();
         state.registration = Some(cliptag_service::hub().register(&engine));
         state.server = server;
+        state.binding = binding;
         state.engine = Some(engine);
         state.label_set = label_set;
         state.latency = latency;
         Ok(())
     }
 
+    /// Binds the label set to `key`: its own labels score at version 0 until the key is
+    /// read (and are written there when the key has none).
+    fn bind_labels(
+        &self,
+        engine: &Arc<Engine>,
+        label_set: &str,
+        key: &LabelsKey,
+        spec: cliptag_engine::LabelSetSpec,
+    ) -> Result<Arc<LabelsBinding>, gst::ErrorMessage> {
+        // A set already bound in this engine (a restart in one process) keeps its revision.
+        if engine.labels(label_set).is_none_or(|s| s.version() == 0) {
+            engine
+                .install_labels(label_set, spec.clone(), 0)
+                .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+        }
+        let binding = LabelsBinding::start(engine, label_set, key, &spec)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+        match binding.wait_ready(LABELS_KEY_WAIT) {
+            Some(revision) => gst::info!(
+                CAT,
+                imp = self,
+                "labels from key {:?} at revision {revision}",
+                key.key
+            ),
+            None => gst::element_imp_warning!(
+                self,
+                gst::ResourceError::OpenRead,
+                [
+                    "labels key {:?} of bucket {:?} not read within {} s (is NATS at {} up, with JetStream?); scoring with this element's labels at version 0 until it is",
+                    key.key,
+                    key.bucket,
+                    LABELS_KEY_WAIT.as_secs(),
+                    binding.to_proto().url
+                ]
+            ),
+        }
+        Ok(Arc::new(binding))
+    }
+
+    /// Starts publishing detections when `nats-url` or `mqtt-url` is set; a broker that
+    /// does not answer at once is said on the bus, once, and retried in the background.
+    fn start_publishing(
+        &self,
+        settings: &Settings,
+    ) -> Result<Option<Publisher>, gst::ErrorMessage> {
+        let Some(publish) = settings.publish_settings() else {
+            return Ok(None);
+        };
+        let publisher = Publisher::start(&self.stream_id(), &publish)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+        for down in publisher.unreachable(BROKER_WAIT) {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::OpenWrite,
+                [
+                    "{down}; the pipeline runs on, detections wait in an outbox of {} (the oldest dropped when full) and are sent once it connects",
+                    publish.outbox
+                ]
+            );
+        }
+        Ok(Some(publisher))
+    }
+
     /// READY -> PAUSED: attach the stream and start the source pad's task.
     fn attach(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
+        let publisher = self.start_publishing(&settings)?;
+        let outlet = publisher.as_ref().map(Publisher::outlet);
+        let publish = move |done: &Completion| {
+            if let Some(outlet) = &outlet
+                && done.error.is_none()
+            {
+                outlet.offer(&done.result);
+            }
+        };
         let mut state = lock(&self.state);
         let engine = state
             .engine
@@ -194,6 +290,7 @@ impl Cliptag {
             Mode::Sync => {
                 let out = out.clone();
                 engine.attach(&self.stream_id(), config, move |done: Completion| {
+                    publish(&done);
                     if let Some(element) = element.upgrade() {
                         element.imp().deliver(done, &out, &model);
                     }
@@ -201,6 +298,7 @@ impl Cliptag {
             }
             // Async frames went downstream when they arrived: only a failure matters.
             Mode::Async => engine.attach(&self.stream_id(), config, move |done: Completion| {
+                publish(&done);
                 if let (Some(element), Some(cause)) = (element.upgrade(), &done.error) {
                     element.imp().fail_inference(cause, None);
                 }
@@ -209,6 +307,7 @@ impl Cliptag {
         .map_err(|e| gst::error_msg!(gst::CoreError::StateChange, ["{e}"]))?;
         state.stream = Some(Arc::new(stream));
         state.out = (settings.mode == Mode::Sync).then_some(out);
+        state.publisher = publisher;
         drop(state);
         self.flushing.store(false, Ordering::SeqCst);
         self.failed.store(false, Ordering::SeqCst);
@@ -241,17 +340,23 @@ impl Cliptag {
         state.out = None;
         state.input = None;
         state.segment = None;
+        let publisher = state.publisher.take();
+        drop(state);
+        // Sends what its outboxes hold (briefly, while connected): not under the lock.
+        drop(publisher);
     }
 
     fn stop(&self) {
-        let (server, registration, engine) = {
+        let (server, registration, engine, binding) = {
             let mut state = lock(&self.state);
             (
                 state.server.take(),
                 state.registration.take(),
                 state.engine.take(),
+                state.binding.take(),
             )
         };
+        drop(binding);
         // Detection streams end first, then the stream leaves the service, then the
         // engine goes (stopping a server waits for its clients: not under the lock).
         drop(server);
@@ -707,6 +812,26 @@ impl Cliptag {
                 None => settings.label_spec(),
             }
         };
+        let binding = lock(&self.state).binding.clone();
+        if let (Some(binding), Ok(spec)) = (binding, &spec) {
+            // Through the key, like every change of a bound set; the write waits for the
+            // server, which a property setter must not.
+            let spec = spec.clone();
+            let element = self.obj().downgrade();
+            let _ = std::thread::Builder::new()
+                .name("cliptag-relabel".into())
+                .spawn(move || {
+                    if let (Err(e), Some(element)) = (binding.write(&spec, None), element.upgrade())
+                    {
+                        gst::element_warning!(
+                            element,
+                            gst::LibraryError::Settings,
+                            ["labels not changed: {e}"]
+                        );
+                    }
+                });
+            return;
+        }
         let result = spec.and_then(|spec| {
             engine
                 .set_labels(&set, spec, None)
@@ -782,6 +907,20 @@ impl Cliptag {
             if let Some(e) = s.last_error {
                 b = b.field("last-error", e);
             }
+        }
+        if let Some(publisher) = &state.publisher {
+            for link in publisher.links() {
+                b = b
+                    .field(format!("{}-published", link.broker), link.published)
+                    .field(format!("{}-dropped", link.broker), link.dropped)
+                    .field(format!("{}-connected", link.broker), link.connected);
+            }
+        }
+        if let Some(binding) = &state.binding {
+            let binding = binding.to_proto();
+            b = b
+                .field("labels-revision", binding.revision)
+                .field("labels-refused", binding.refused);
         }
         if let Some(engine) = &state.engine {
             let version = engine.labels(&state.label_set).map_or(0, |s| s.version());
@@ -919,6 +1058,29 @@ impl ObjectImpl for Cliptag {
                 "grpc-token" => s.grpc_token = optional_text(value),
                 "grpc-tls-cert" => s.grpc_tls_cert = optional_text(value).map(Into::into),
                 "grpc-tls-key" => s.grpc_tls_key = optional_text(value).map(Into::into),
+                "nats-url" => s.nats_url = optional_text(value),
+                "nats-subject-prefix" => {
+                    s.nats_subject_prefix = optional_text(value)
+                        .unwrap_or_else(|| settings::DEFAULT_BROKER_PREFIX.into())
+                }
+                "nats-format" => {
+                    s.nats_format = value.get::<NatsFormat>().expect("type checked upstream")
+                }
+                "nats-ca-file" => s.nats_ca_file = optional_text(value).map(Into::into),
+                "labels-key" => s.labels_key = optional_text(value),
+                "labels-bucket" => {
+                    s.labels_bucket = optional_text(value)
+                        .unwrap_or_else(|| cliptag_service::brokers::DEFAULT_BUCKET.into())
+                }
+                "mqtt-url" => s.mqtt_url = optional_text(value),
+                "mqtt-topic-prefix" => {
+                    s.mqtt_topic_prefix = optional_text(value)
+                        .unwrap_or_else(|| settings::DEFAULT_BROKER_PREFIX.into())
+                }
+                "mqtt-username" => s.mqtt_username = optional_text(value),
+                "mqtt-password" => s.mqtt_password = optional_text(value),
+                "mqtt-ca-file" => s.mqtt_ca_file = optional_text(value).map(Into::into),
+                "broker-outbox" => s.broker_outbox = value.get().expect("type checked upstream"),
                 other => gst::warning!(CAT, imp = self, "unknown property {other}"),
             }
         }
@@ -984,6 +1146,18 @@ impl ObjectImpl for Cliptag {
             "grpc-token" => s.grpc_token.to_value(),
             "grpc-tls-cert" => path(&s.grpc_tls_cert).to_value(),
             "grpc-tls-key" => path(&s.grpc_tls_key).to_value(),
+            "nats-url" => s.nats_url.to_value(),
+            "nats-subject-prefix" => s.nats_subject_prefix.to_value(),
+            "nats-format" => s.nats_format.to_value(),
+            "nats-ca-file" => path(&s.nats_ca_file).to_value(),
+            "labels-key" => s.labels_key.to_value(),
+            "labels-bucket" => s.labels_bucket.to_value(),
+            "mqtt-url" => s.mqtt_url.to_value(),
+            "mqtt-topic-prefix" => s.mqtt_topic_prefix.to_value(),
+            "mqtt-username" => s.mqtt_username.to_value(),
+            "mqtt-password" => s.mqtt_password.to_value(),
+            "mqtt-ca-file" => path(&s.mqtt_ca_file).to_value(),
+            "broker-outbox" => s.broker_outbox.to_value(),
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");
                 glib::Value::from_type(pspec.value_type())

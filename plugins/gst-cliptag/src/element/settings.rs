@@ -9,6 +9,7 @@ use cliptag_engine::{
     EngineConfig, LabelSetSpec, Overload as EngineOverload, Scoring as EngineScoring, Smoothing,
     StreamConfig,
 };
+use cliptag_service::brokers::{Format, LabelsKey, MqttSettings, NatsSettings, PublishSettings};
 use cliptag_service::{ServerConfig, TlsFiles};
 use gst::glib;
 use gst::prelude::*;
@@ -67,6 +68,25 @@ pub enum Scoring {
     Sigmoid = 1,
 }
 
+/// How detections are encoded on NATS.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstCliptagNatsFormat")]
+pub enum NatsFormat {
+    /// The cliptag.v1.Detection protobuf.
+    #[enum_value(
+        name = "Protobuf: the cliptag.v1.Detection message (Content-Type application/x-protobuf)",
+        nick = "protobuf"
+    )]
+    Protobuf = 0,
+    /// JSON with the Detection fields.
+    #[enum_value(
+        name = "JSON with the Detection fields (Content-Type application/json)",
+        nick = "json"
+    )]
+    Json = 1,
+}
+
 /// Default of `device`.
 pub const DEFAULT_DEVICE: &str = "cpu";
 /// Default of `dtype`.
@@ -97,6 +117,12 @@ pub const DEFAULT_MODE: Mode = Mode::Sync;
 pub const DEFAULT_OVERLOAD: Overload = Overload::Block;
 /// Default of `post-messages`.
 pub const DEFAULT_POST_MESSAGES: bool = false;
+/// Default of `nats-subject-prefix` and `mqtt-topic-prefix`.
+pub const DEFAULT_BROKER_PREFIX: &str = "cliptag";
+/// Default of `nats-format`.
+pub const DEFAULT_NATS_FORMAT: NatsFormat = NatsFormat::Protobuf;
+/// Default of `broker-outbox` (detections).
+pub const DEFAULT_BROKER_OUTBOX: u32 = cliptag_service::brokers::DEFAULT_OUTBOX as u32;
 
 /// Every property's value. `None` stands for a string property left unset (or set to
 /// NULL or to an empty string).
@@ -125,6 +151,18 @@ pub struct Settings {
     pub grpc_token: Option<String>,
     pub grpc_tls_cert: Option<PathBuf>,
     pub grpc_tls_key: Option<PathBuf>,
+    pub nats_url: Option<String>,
+    pub nats_subject_prefix: String,
+    pub nats_format: NatsFormat,
+    pub nats_ca_file: Option<PathBuf>,
+    pub labels_key: Option<String>,
+    pub labels_bucket: String,
+    pub mqtt_url: Option<String>,
+    pub mqtt_topic_prefix: String,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    pub mqtt_ca_file: Option<PathBuf>,
+    pub broker_outbox: u32,
 }
 
 impl Default for Settings {
@@ -153,6 +191,18 @@ impl Default for Settings {
             grpc_token: None,
             grpc_tls_cert: None,
             grpc_tls_key: None,
+            nats_url: None,
+            nats_subject_prefix: DEFAULT_BROKER_PREFIX.into(),
+            nats_format: DEFAULT_NATS_FORMAT,
+            nats_ca_file: None,
+            labels_key: None,
+            labels_bucket: cliptag_service::brokers::DEFAULT_BUCKET.into(),
+            mqtt_url: None,
+            mqtt_topic_prefix: DEFAULT_BROKER_PREFIX.into(),
+            mqtt_username: None,
+            mqtt_password: None,
+            mqtt_ca_file: None,
+            broker_outbox: DEFAULT_BROKER_OUTBOX,
         }
     }
 }
@@ -242,6 +292,46 @@ impl Settings {
             address: address.clone(),
             token: self.grpc_token.clone(),
             tls,
+        }))
+    }
+
+    /// Where the stream's detections are published; `None` when nowhere.
+    pub fn publish_settings(&self) -> Option<PublishSettings> {
+        let settings = PublishSettings {
+            nats: self.nats_url.as_ref().map(|url| NatsSettings {
+                url: url.clone(),
+                subject_prefix: self.nats_subject_prefix.clone(),
+                format: match self.nats_format {
+                    NatsFormat::Protobuf => Format::Protobuf,
+                    NatsFormat::Json => Format::Json,
+                },
+                ca_file: self.nats_ca_file.clone(),
+            }),
+            mqtt: self.mqtt_url.as_ref().map(|url| MqttSettings {
+                url: url.clone(),
+                topic_prefix: self.mqtt_topic_prefix.clone(),
+                username: self.mqtt_username.clone(),
+                password: self.mqtt_password.clone(),
+                ca_file: self.mqtt_ca_file.clone(),
+            }),
+            outbox: self.broker_outbox as usize,
+        };
+        (!settings.is_empty()).then_some(settings)
+    }
+
+    /// The key-value entry the label set follows, if `labels-key` is set.
+    pub fn labels_key(&self) -> Result<Option<LabelsKey>, String> {
+        let Some(key) = &self.labels_key else {
+            return Ok(None);
+        };
+        let url = self.nats_url.clone().ok_or_else(|| {
+            format!("labels-key {key:?} needs nats-url: label sets are kept on a NATS server")
+        })?;
+        Ok(Some(LabelsKey {
+            url,
+            bucket: self.labels_bucket.clone(),
+            key: key.clone(),
+            ca_file: self.nats_ca_file.clone(),
         }))
     }
 
@@ -499,9 +589,75 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .blurb("PEM private key file of grpc-tls-cert")
             .flags(only_null)
             .build(),
+        glib::ParamSpecString::builder("nats-url")
+            .nick("NATS URL")
+            .blurb("Publish every detection to this NATS server: nats://[user:password@]host[:port] (port 4222 by default), or tls:// for TLS. The server is retried with backoff while down; a malformed URL fails the state change. Also where labels-key lives. NULL or empty: no NATS. Read on the way to PAUSED")
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("nats-subject-prefix")
+            .nick("NATS subject prefix")
+            .blurb("Detections go to <prefix>.<stream-id>.detections (the stream id must hold no . * > or blanks)")
+            .default_value(Some(DEFAULT_BROKER_PREFIX))
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("nats-format", DEFAULT_NATS_FORMAT)
+            .nick("NATS format")
+            .blurb("How detections are encoded on NATS; the Content-Type header says which")
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("nats-ca-file")
+            .nick("NATS CA file")
+            .blurb("PEM certificates to trust for a tls:// NATS server instead of the system's; NULL or empty: the system's")
+            .flags(only_null)
+            .build(),
+        glib::ParamSpecString::builder("labels-key")
+            .nick("Labels key")
+            .blurb("Keep the label set in this key of a JetStream key-value bucket on nats-url: a label group any number of streams and processes share. The set written there is swapped in between batches and its revision is the label-set version in results; a key without a set gets this element's labels. Label changes over gRPC and the label properties write to the key. Until the key is read, this element's labels score at version 0. NULL or empty: the labels are this element's own")
+            .flags(only_null)
+            .build(),
+        glib::ParamSpecString::builder("labels-bucket")
+            .nick("Labels bucket")
+            .blurb("The key-value bucket of labels-key (created when missing, 16 revisions of history)")
+            .default_value(Some(cliptag_service::brokers::DEFAULT_BUCKET))
+            .flags(only_null)
+            .build(),
+        glib::ParamSpecString::builder("mqtt-url")
+            .nick("MQTT URL")
+            .blurb("Publish every detection as JSON at QoS 1 to this MQTT broker: mqtt://[user:password@]host[:port] (port 1883), or mqtts:// for TLS (port 8883). Retried with backoff while down; a malformed URL fails the state change. NULL or empty: no MQTT. Read on the way to PAUSED")
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("mqtt-topic-prefix")
+            .nick("MQTT topic prefix")
+            .blurb("Detections go to <prefix>/<stream-id>/detections (the stream id must hold no / + # or blanks)")
+            .default_value(Some(DEFAULT_BROKER_PREFIX))
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("mqtt-username")
+            .nick("MQTT user name")
+            .blurb("User name for the MQTT broker; overrides one in mqtt-url. NULL or empty: the URL's, or none")
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("mqtt-password")
+            .nick("MQTT password")
+            .blurb("Password for the MQTT broker; overrides one in mqtt-url")
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecString::builder("mqtt-ca-file")
+            .nick("MQTT CA file")
+            .blurb("PEM certificates to trust for an mqtts:// broker instead of the system's; NULL or empty: the system's")
+            .flags(mutable_ready)
+            .build(),
+        glib::ParamSpecUInt::builder("broker-outbox")
+            .nick("Broker outbox")
+            .blurb("Detections held per broker while it is slow or down (detections); when full, the oldest unsent is dropped and counted (stats, ListStreams), so video never waits for a broker")
+            .minimum(1)
+            .maximum(1_000_000)
+            .default_value(DEFAULT_BROKER_OUTBOX)
+            .flags(mutable_ready)
+            .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .nick("Stats")
-            .blurb("Read-only structure cliptag-stats: frames-in, inferred, skipped, dropped, failed, queue-depth, pending, in-flight (frames), latency-p50 and latency-p99 (nanoseconds), label-set-version, engine-batches and batch-sizes (array; index n counts this stream's frames that rode in batches of n), last-error")
+            .blurb("Read-only structure cliptag-stats: frames-in, inferred, skipped, dropped, failed, queue-depth, pending, in-flight (frames), latency-p50 and latency-p99 (nanoseconds), label-set-version, engine-batches and batch-sizes (array; index n counts this stream's frames that rode in batches of n), last-error; with brokers nats-/mqtt-published, -dropped (detections) and -connected; with labels-key labels-revision and labels-refused")
             .read_only()
             .build(),
     ]
@@ -526,6 +682,7 @@ pub fn mutable_until(pspec: &glib::ParamSpec) -> gst::State {
 pub fn mark_enums_as_plugin_api() {
     for t in [
         Mode::static_type(),
+        NatsFormat::static_type(),
         Overload::static_type(),
         Scoring::static_type(),
     ] {

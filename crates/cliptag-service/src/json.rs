@@ -1,5 +1,7 @@
-//! The console's JSON shapes and their conversions to and from the `cliptag.v1` messages
-//! the service speaks: field names follow the proto; enums are lower-case words.
+//! cliptag's JSON shapes and their conversions to and from the `cliptag.v1` messages: the
+//! web console's API, label sets in the NATS key-value bucket, detections published as
+//! JSON (MQTT, NATS on request). Field names follow the proto; enums are lower-case
+//! words; timestamps are RFC 3339 strings.
 
 use cliptag_proto::v1;
 use serde::{Deserialize, Serialize};
@@ -257,28 +259,32 @@ impl Streams {
 }
 
 /// A label and its score.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub label: String,
     pub score: f32,
 }
 
 /// A start or end event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub label: String,
     /// `start` or `end`.
-    pub kind: &'static str,
+    pub kind: String,
     pub score: f32,
 }
 
-/// One frame's result (`v1::Detection`), as a server-sent event `detection`.
-#[derive(Debug, Serialize)]
+/// One frame's result (`v1::Detection`): the console's server-sent event `detection`,
+/// and a detection published as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Detection {
     pub stream: String,
     pub frame: u64,
     pub pts_ns: Option<u64>,
     pub running_time_ns: Option<u64>,
+    /// When the result was made, RFC 3339 in UTC.
+    #[serde(default)]
+    pub wall_time: Option<String>,
     pub label_set: String,
     pub label_set_version: u64,
     pub labels: Vec<Score>,
@@ -289,12 +295,61 @@ pub struct Detection {
 }
 
 impl Detection {
+    /// The proto message back (a detection received as JSON).
+    pub fn into_proto(self) -> Result<v1::Detection, String> {
+        let wall_time = self
+            .wall_time
+            .map(|t| {
+                t.parse::<prost_types::Timestamp>()
+                    .map_err(|e| format!("wall_time {t:?}: {e}"))
+            })
+            .transpose()?;
+        let events = self
+            .events
+            .into_iter()
+            .map(|e| {
+                let kind = match e.kind.as_str() {
+                    "start" => v1::label_event::Kind::Start,
+                    "end" => v1::label_event::Kind::End,
+                    other => return Err(format!("event kind {other:?}: expected start or end")),
+                };
+                Ok(v1::LabelEvent {
+                    label: e.label,
+                    kind: kind as i32,
+                    score: e.score,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(v1::Detection {
+            stream: self.stream,
+            frame: self.frame,
+            pts_ns: self.pts_ns,
+            running_time_ns: self.running_time_ns,
+            wall_time,
+            label_set: self.label_set,
+            label_set_version: self.label_set_version,
+            labels: self
+                .labels
+                .into_iter()
+                .map(|l| v1::LabelScore {
+                    label: l.label,
+                    score: l.score,
+                })
+                .collect(),
+            stale: self.stale,
+            computed_for: self.computed_for,
+            latency_us: self.latency_us,
+            events,
+        })
+    }
+
     pub fn from_proto(d: v1::Detection) -> Self {
         Self {
             stream: d.stream,
             frame: d.frame,
             pts_ns: d.pts_ns,
             running_time_ns: d.running_time_ns,
+            wall_time: d.wall_time.map(|t| t.to_string()),
             label_set: d.label_set,
             label_set_version: d.label_set_version,
             labels: d
@@ -315,7 +370,8 @@ impl Detection {
                     kind: match v1::label_event::Kind::try_from(e.kind) {
                         Ok(v1::label_event::Kind::End) => "end",
                         _ => "start",
-                    },
+                    }
+                    .to_string(),
                     label: e.label,
                     score: e.score,
                 })

@@ -1,0 +1,182 @@
+//! MQTT: one client per publishing stream, detections as JSON at QoS 1.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS, Transport};
+
+use super::address::{self, BrokerUrl, Kind};
+use super::outbox::Outbox;
+use super::{BrokerError, Link, LinkState, MqttSettings, backoff, lock, runtime};
+use crate::json;
+
+/// Detections taken from the outbox per round.
+const BATCH: usize = 64;
+
+/// Requests the client queues for its event loop; a full queue makes the sender wait
+/// (in its task), while new detections wait in the outbox.
+const REQUEST_CAPACITY: usize = 64;
+
+/// Largest detection sent, in bytes (a set's top-k labels with long names).
+const MAX_PACKET: usize = 1 << 20;
+
+/// Client ids must differ between the clients of one broker.
+static CLIENTS: AtomicU64 = AtomicU64::new(0);
+
+/// A client's connection state, kept by its event loop.
+#[derive(Default)]
+struct Connection {
+    connected: AtomicBool,
+    last_error: Mutex<String>,
+}
+
+impl LinkState for Connection {
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn last_error(&self) -> String {
+        lock(&self.last_error).clone()
+    }
+}
+
+fn mqtt_options(settings: &MqttSettings) -> Result<(MqttOptions, String), BrokerError> {
+    let url = BrokerUrl::parse(Kind::Mqtt, &settings.url)?;
+    let id = format!(
+        "cliptag-{}-{}",
+        std::process::id(),
+        CLIENTS.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut options = MqttOptions::new(id, url.host.clone(), url.port);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_request_channel_capacity(REQUEST_CAPACITY);
+    let username = settings.username.clone().or(url.username.clone());
+    let password = settings.password.clone().or(url.password.clone());
+    if let Some(username) = username {
+        options.set_credentials(username, password.unwrap_or_default());
+    }
+    if url.tls {
+        let tls = match &settings.ca_file {
+            Some(path) => rumqttc::TlsConfiguration::Simple {
+                ca: std::fs::read(path).map_err(|source| BrokerError::File {
+                    path: path.clone(),
+                    source,
+                })?,
+                alpn: None,
+                client_auth: None,
+            },
+            // The system's trusted roots.
+            None => rumqttc::TlsConfiguration::default(),
+        };
+        options.set_transport(Transport::tls_with_config(tls));
+    }
+    Ok((options, url.redacted()))
+}
+
+/// Starts publishing stream `stream` to MQTT: its link and its two tasks (the client's
+/// event loop, and the sender).
+pub(crate) fn start_publishing(
+    stream: &str,
+    settings: &MqttSettings,
+    capacity: usize,
+    done: std::sync::mpsc::Sender<()>,
+) -> Result<(Arc<Link>, Vec<tokio::task::AbortHandle>), BrokerError> {
+    address::check_prefix(Kind::Mqtt, &settings.topic_prefix)?;
+    let (options, url) = mqtt_options(settings)?;
+    let topic = format!("{}/{stream}/detections", settings.topic_prefix);
+    let connection = Arc::new(Connection::default());
+    let link = Arc::new(Link {
+        broker: "mqtt",
+        url: url.clone(),
+        subject: topic.clone(),
+        outbox: Outbox::new(capacity),
+        state: connection.clone(),
+    });
+    let runtime = runtime()?;
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let driver = runtime.spawn({
+        let connection = connection.clone();
+        let done = done.clone();
+        async move {
+            drive(eventloop, &connection, &url).await;
+            drop(done);
+        }
+    });
+    let sender = runtime.spawn({
+        let link = link.clone();
+        async move {
+            send(&link, &connection, &client, topic).await;
+            drop(done);
+        }
+    });
+    Ok((link, vec![driver.abort_handle(), sender.abort_handle()]))
+}
+
+/// Runs the client's event loop: connects, reconnects with backoff, and ends once the
+/// sender's disconnect went out.
+async fn drive(mut eventloop: EventLoop, connection: &Connection, url: &str) {
+    let mut failures = 0usize;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                if ack.code == rumqttc::ConnectReturnCode::Success {
+                    tracing::info!("MQTT connected to {url}");
+                    connection.connected.store(true, Ordering::Release);
+                    failures = 0;
+                } else {
+                    *lock(&connection.last_error) = format!("refused: {:?}", ack.code);
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                connection.connected.store(false, Ordering::Release);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if connection.connected.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("MQTT connection to {url} lost: {e}; reconnecting");
+                }
+                *lock(&connection.last_error) = e.to_string();
+                failures += 1;
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+/// Sends the outbox while connected, until it is closed and empty; then disconnects.
+async fn send(link: &Link, connection: &Connection, client: &AsyncClient, topic: String) {
+    while link.outbox.wait().await {
+        while !connection.connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for detection in link.outbox.take(BATCH) {
+            let payload =
+                match serde_json::to_vec(&json::Detection::from_proto((*detection).clone())) {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        *lock(&connection.last_error) = format!("cannot encode a detection: {e}");
+                        link.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+            match client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                .await
+            {
+                Ok(()) => {
+                    link.outbox.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    *lock(&connection.last_error) = format!("publish: {e}");
+                    link.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    // Queued after the publishes: the event loop writes them first.
+    let _ = client.disconnect().await;
+}
