@@ -7,6 +7,7 @@
 //! `cargo build -p cliptag-cli` first when running this package's tests alone.
 
 pub mod browser;
+pub mod brokers;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -46,12 +46,16 @@ pub fn run(args: Args) -> Result<()> {
                         "latency_p50_us": stats.latency_p50_us,
                         "latency_p99_us": stats.latency_p99_us,
                         "batch_sizes": stats.batch_sizes,
+                        "brokers": s.brokers.iter().map(broker_json).collect::<Vec<_>>(),
+                        "labels_binding": s.labels_binding.as_ref().map(binding_json),
                     })
                 )?;
             } else {
                 let health = s.health.as_ref().map(health_text).unwrap_or_default();
+                let brokers: String = s.brokers.iter().map(broker_text).collect();
+                let binding = s.labels_binding.as_ref().map(binding_text).unwrap_or_default();
                 outln!(
-                    "{}{health}  model {}  labels v{}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms",
+                    "{}{health}  model {}  labels v{}{binding}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms{brokers}",
                     s.id,
                     s.model,
                     s.label_set_version,
@@ -66,6 +70,58 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A broker link as JSON: the proto's fields.
+fn broker_json(b: &v1::BrokerLink) -> serde_json::Value {
+    json!({
+        "broker": b.broker,
+        "url": b.url,
+        "subject": b.subject,
+        "connected": b.connected,
+        "published": b.published,
+        "dropped": b.dropped,
+        "queued": b.queued,
+        "last_error": b.last_error,
+    })
+}
+
+/// A broker link on the stream's line: `  nats: 812 sent, 40 dropped, down (disconnected)`.
+fn broker_text(b: &v1::BrokerLink) -> String {
+    let state = if b.connected {
+        "up".to_string()
+    } else if b.last_error.is_empty() {
+        "down".to_string()
+    } else {
+        format!("down ({})", b.last_error)
+    };
+    format!(
+        "  {}: {} sent, {} dropped, {state}",
+        b.broker, b.published, b.dropped
+    )
+}
+
+/// A labels binding as JSON: the proto's fields.
+fn binding_json(b: &v1::LabelsBinding) -> serde_json::Value {
+    json!({
+        "url": b.url,
+        "bucket": b.bucket,
+        "key": b.key,
+        "revision": b.revision,
+        "refused": b.refused,
+        "last_refusal": b.last_refusal,
+        "connected": b.connected,
+    })
+}
+
+/// A labels binding after the version: ` (key lobby, 1 refused)`.
+fn binding_text(b: &v1::LabelsBinding) -> String {
+    let refused = match b.refused {
+        0 => String::new(),
+        n => format!(", {n} refused"),
+    };
+    let down = if b.connected { "" } else { ", not watching" };
+    format!(" (key {}{refused}{down})", b.key)
 }
 
 /// A protobuf timestamp's seconds and nanoseconds as Unix seconds.

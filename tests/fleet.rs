@@ -1,0 +1,360 @@
+//! Many processes through real brokers: `nats-server` (JetStream) and `mosquitto` from
+//! Debian, started here on free loopback ports. Label groups in the NATS key-value
+//! bucket change every process bound to them; every detection reaches NATS and MQTT
+//! subscribers; a broker that dies and comes back costs no video.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cliptag_end_to_end::brokers::{
+    Broker, Inbox, MqttSubscriber, Seen, frames_by_stream, nats_subscriber, snapshot, wait_for,
+};
+use cliptag_end_to_end::{Running, cliptag_bin, list_streams, make_clip};
+use cliptag_engine::{Label, LabelSetSpec};
+use cliptag_service::brokers::LabelsBucket;
+
+/// `cliptag <args>`: exit success, stdout and stderr.
+fn cliptag(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cliptag_bin())
+        .args(args)
+        .output()
+        .expect("cliptag");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The version a `cliptag labels ... --json` printed.
+fn printed_version(stdout: &str) -> u64 {
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    line["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no version in {stdout}"))
+}
+
+fn names(set: &[&str]) -> BTreeSet<String> {
+    set.iter().map(|s| s.to_string()).collect()
+}
+
+/// Checks every detection of `streams` in `seen`: versions never go back within a stream
+/// (in arrival order), and a detection scored by a version in `sets` names only that
+/// set's labels (no result mixes two sets).
+fn check_versions(seen: &[Seen], streams: &[String], sets: &BTreeMap<u64, BTreeSet<String>>) {
+    for stream in streams {
+        let mut last = 0;
+        for s in seen.iter().filter(|s| &s.stream == stream) {
+            assert!(
+                s.version >= last,
+                "{stream} went back from version {last} to {} at frame {}",
+                s.version,
+                s.frame
+            );
+            last = s.version;
+            if let Some(labels) = sets.get(&s.version) {
+                for label in &s.labels {
+                    assert!(
+                        labels.contains(label),
+                        "{stream} frame {} names {label:?}, not of version {} ({labels:?})",
+                        s.frame,
+                        s.version
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Waits until every stream has a detection at `version`.
+fn wait_all_at(inbox: &Inbox, streams: &[String], version: u64, what: &str) {
+    wait_for(inbox, Duration::from_secs(30), what, |seen| {
+        streams
+            .iter()
+            .all(|id| seen.iter().any(|s| &s.stream == id && s.version == version))
+    });
+}
+
+#[test]
+fn one_labels_key_changes_every_process_bound_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Broker::nats(dir.path());
+    let url = nats.url();
+    let inbox = nats_subscriber(&url);
+    let streams: Vec<String> = (0..3).map(|i| format!("cam-{i}")).collect();
+    let processes: Vec<Running> = streams
+        .iter()
+        .map(|id| {
+            Running::start(
+                &[
+                    "--nats",
+                    &url,
+                    "--labels-key",
+                    "lobby",
+                    "--stream-id",
+                    id,
+                    "--labels",
+                    "seed a,seed b",
+                    "--test-format",
+                    "160x120@15",
+                    "--cycle",
+                    "0",
+                ],
+                Stdio::null(),
+            )
+        })
+        .collect();
+    let mut sets: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    // The first process to reach the key wrote its labels there; the others took them.
+    sets.insert(1, names(&["seed a", "seed b"]));
+    wait_all_at(&inbox, &streams, 1, "every process at the seeded revision 1");
+
+    // One change from the command line reaches all three.
+    let (ok, out, err) = cliptag(&[
+        "labels", "set", "--nats", &url, "--key", "lobby", "--labels", "one a,one b", "--json",
+    ]);
+    assert!(ok, "labels set --nats: {err}");
+    let one = printed_version(&out);
+    assert!(one > 1, "revision {one}");
+    sets.insert(one, names(&["one a", "one b"]));
+    wait_all_at(&inbox, &streams, one, "every process at the new revision");
+
+    // A change based on a stale version is refused and changes nothing.
+    let (ok, _, err) = cliptag(&[
+        "labels", "set", "--nats", &url, "--key", "lobby", "--labels", "stale", "--if-version",
+        "1",
+    ]);
+    assert!(!ok, "a stale --if-version was taken");
+    assert!(
+        err.contains(&format!("at revision {one}, not 1")),
+        "the refusal says why: {err}"
+    );
+
+    // A gRPC change on one process goes through the key to all three.
+    let (ok, out, err) = cliptag(&[
+        "labels",
+        "set",
+        "--server",
+        &processes[1].address,
+        "--stream",
+        "cam-1",
+        "--labels",
+        "grpc a,grpc b",
+        "--json",
+    ]);
+    assert!(ok, "labels set over gRPC: {err}");
+    let grpc = printed_version(&out);
+    assert!(grpc > one, "gRPC wrote revision {grpc}");
+    sets.insert(grpc, names(&["grpc a", "grpc b"]));
+    wait_all_at(&inbox, &streams, grpc, "every process at the gRPC change");
+    let (ok, out, _) = cliptag(&["labels", "get", "--nats", &url, "--key", "lobby", "--json"]);
+    assert!(ok);
+    assert_eq!(printed_version(&out), grpc, "the key holds the gRPC change");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bucket = runtime
+        .block_on(LabelsBucket::open(
+            &url,
+            "cliptag_labels",
+            None,
+            Duration::from_secs(5),
+        ))
+        .expect("the bucket");
+
+    // A set no process can use (a prompt longer than the text tower takes) is refused
+    // in each, counted, and the set in use stays.
+    let too_long = LabelSetSpec {
+        labels: vec![Label::new("word ".repeat(100).trim().to_string())],
+        ..LabelSetSpec::default()
+    };
+    let refused = runtime
+        .block_on(bucket.set("lobby", &too_long, None))
+        .expect("written");
+    wait_for(&inbox, Duration::from_secs(10), "a detection after the refusal", |seen| {
+        seen.iter().filter(|s| s.version == grpc).count() > 30
+    });
+    for process in &processes {
+        let listed = list_streams(&process.address);
+        let stream = listed.values().next().expect("a stream");
+        assert_eq!(stream["label_set_version"], grpc, "{stream}");
+        let binding = &stream["labels_binding"];
+        assert_eq!(binding["key"], "lobby", "{stream}");
+        assert!(binding["refused"].as_u64() >= Some(1), "{stream}");
+        assert!(
+            binding["last_refusal"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("revision {refused}"))),
+            "{stream}"
+        );
+    }
+
+    // A burst of 20 changes within a second: the last one wins everywhere.
+    let start = Instant::now();
+    let mut last = 0;
+    for i in 0..20 {
+        let labels = [format!("burst {i} a"), format!("burst {i} b")];
+        let spec = LabelSetSpec::from_names(&labels);
+        last = runtime
+            .block_on(bucket.set("lobby", &spec, None))
+            .expect("burst write");
+        sets.insert(last, labels.into_iter().collect());
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "20 writes took {took:?}");
+    wait_all_at(&inbox, &streams, last, "every process at the burst's last revision");
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = snapshot(&inbox);
+    check_versions(&seen, &streams, &sets);
+    for id in &streams {
+        let newest = seen.iter().rev().find(|s| &s.stream == id).expect("seen");
+        assert_eq!(newest.version, last, "{id} ends at the last revision");
+    }
+    drop(processes);
+}
+
+#[test]
+fn every_detection_of_two_streams_reaches_nats_and_mqtt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Broker::nats(dir.path());
+    let mosquitto = Broker::mosquitto(dir.path());
+    let nats_inbox = nats_subscriber(&nats.url());
+    let mqtt = MqttSubscriber::start(mosquitto.port, Inbox::default());
+    let frames = 45u64;
+    make_clip(dir.path(), frames as u32);
+    let clip = dir.path().join("clip.webm").display().to_string();
+    let streams = ["file-a", "file-b"];
+    let processes: Vec<Running> = streams
+        .iter()
+        .map(|id| {
+            Running::start(
+                &[
+                    "--input",
+                    &clip,
+                    "--stream-id",
+                    id,
+                    "--nats",
+                    &nats.url(),
+                    "--mqtt",
+                    &mosquitto.url(),
+                ],
+                Stdio::null(),
+            )
+        })
+        .collect();
+    for mut process in processes {
+        let status = process.child.wait().expect("wait");
+        assert!(status.success(), "cliptag run ended with {status}");
+    }
+    let expected: Vec<u64> = (0..frames).collect();
+    let done = |seen: &[Seen]| {
+        let by = frames_by_stream(seen);
+        streams
+            .iter()
+            .all(|id| by.get(*id).is_some_and(|f| f.len() as u64 >= frames))
+    };
+    wait_for(&nats_inbox, Duration::from_secs(10), "every NATS detection", done);
+    wait_for(&mqtt.inbox, Duration::from_secs(10), "every MQTT detection", done);
+    let nats_frames = frames_by_stream(&snapshot(&nats_inbox));
+    let mut mqtt_frames = frames_by_stream(&snapshot(&mqtt.inbox));
+    for id in streams {
+        assert_eq!(nats_frames[id], expected, "NATS, stream {id}");
+        // QoS 1 is at least once: a repeat is allowed, a loss is not.
+        let mqtt = mqtt_frames.get_mut(id).expect("MQTT detections");
+        mqtt.dedup();
+        assert_eq!(*mqtt, expected, "MQTT, stream {id}");
+    }
+}
+
+/// Frames the stream took in over `seconds`, read through gRPC.
+fn frames_over(address: &str, id: &str, seconds: f64) -> u64 {
+    let count = || list_streams(address)[id]["frames_in"].as_u64().unwrap_or(0);
+    let before = count();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    count() - before
+}
+
+#[test]
+fn brokers_that_die_and_return_cost_no_video() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = Broker::nats(dir.path());
+    let mut mosquitto = Broker::mosquitto(dir.path());
+    let nats_inbox = nats_subscriber(&nats.url());
+    let mqtt = MqttSubscriber::start(mosquitto.port, Inbox::default());
+    let process = Running::start(
+        &[
+            "--stream-id",
+            "cam",
+            "--nats",
+            &nats.url(),
+            "--mqtt",
+            &mosquitto.url(),
+            "--broker-outbox",
+            "20",
+            "--test-format",
+            "160x120@15",
+        ],
+        Stdio::null(),
+    );
+    let flowing = |seen: &[Seen]| seen.iter().filter(|s| s.stream == "cam").count() >= 15;
+    wait_for(&nats_inbox, Duration::from_secs(20), "detections on NATS", flowing);
+    wait_for(&mqtt.inbox, Duration::from_secs(20), "detections on MQTT", flowing);
+    let before = frames_over(&process.address, "cam", 3.0);
+
+    nats.kill();
+    mosquitto.kill();
+    drop(mqtt);
+    let during = frames_over(&process.address, "cam", 3.0);
+    eprintln!("frames in 3 s: {before} with the brokers, {during} without");
+    assert!(
+        during * 3 >= before * 2 && during >= 20,
+        "the video slowed while the brokers were down: {during} frames in 3 s, {before} before"
+    );
+    let listed = list_streams(&process.address);
+    let links = listed["cam"]["brokers"].as_array().expect("brokers").clone();
+    assert_eq!(links.len(), 2, "{links:?}");
+    for link in &links {
+        assert_eq!(link["connected"], false, "{link}");
+        assert!(link["dropped"].as_u64() > Some(0), "drops counted: {link}");
+        assert!(link["queued"].as_u64() <= Some(20), "bounded: {link}");
+    }
+
+    let back = Instant::now();
+    nats.restart();
+    mosquitto.restart();
+    let mqtt = MqttSubscriber::start(mosquitto.port, Inbox::default());
+    let resumed = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.stream == "cam" && s.received > back)
+            .count()
+            >= 15
+    };
+    wait_for(&nats_inbox, Duration::from_secs(20), "NATS delivery resumed", resumed);
+    wait_for(&mqtt.inbox, Duration::from_secs(20), "MQTT delivery resumed", resumed);
+    let listed = list_streams(&process.address);
+    for link in listed["cam"]["brokers"].as_array().expect("brokers") {
+        assert_eq!(link["connected"], true, "{link}");
+        let published_before = links
+            .iter()
+            .find(|l| l["broker"] == link["broker"])
+            .and_then(|l| l["published"].as_u64());
+        assert!(link["published"].as_u64() > published_before, "{link}");
+    }
+    // The detections after the outage continue the stream: newer frames than before.
+    let seen = snapshot(&nats_inbox);
+    let newest_before = seen
+        .iter()
+        .filter(|s| s.received <= back)
+        .map(|s| s.frame)
+        .max();
+    let first_after = seen
+        .iter()
+        .filter(|s| s.received > back)
+        .map(|s| s.frame)
+        .min();
+    assert!(first_after > newest_before, "{first_after:?} after {newest_before:?}");
+}
