@@ -109,11 +109,24 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     let mut sets: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     // The first process to reach the key wrote its labels there; the others took them.
     sets.insert(1, names(&["seed a", "seed b"]));
-    wait_all_at(&inbox, &streams, 1, "every process at the seeded revision 1");
+    wait_all_at(
+        &inbox,
+        &streams,
+        1,
+        "every process at the seeded revision 1",
+    );
 
     // One change from the command line reaches all three.
     let (ok, out, err) = cliptag(&[
-        "labels", "set", "--nats", &url, "--key", "lobby", "--labels", "one a,one b", "--json",
+        "labels",
+        "set",
+        "--nats",
+        &url,
+        "--key",
+        "lobby",
+        "--labels",
+        "one a,one b",
+        "--json",
     ]);
     assert!(ok, "labels set --nats: {err}");
     let one = printed_version(&out);
@@ -123,7 +136,15 @@ fn one_labels_key_changes_every_process_bound_to_it() {
 
     // A change based on a stale version is refused and changes nothing.
     let (ok, _, err) = cliptag(&[
-        "labels", "set", "--nats", &url, "--key", "lobby", "--labels", "stale", "--if-version",
+        "labels",
+        "set",
+        "--nats",
+        &url,
+        "--key",
+        "lobby",
+        "--labels",
+        "stale",
+        "--if-version",
         "1",
     ]);
     assert!(!ok, "a stale --if-version was taken");
@@ -175,9 +196,12 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     let refused = runtime
         .block_on(bucket.set("lobby", &too_long, None))
         .expect("written");
-    wait_for(&inbox, Duration::from_secs(10), "a detection after the refusal", |seen| {
-        seen.iter().filter(|s| s.version == grpc).count() > 30
-    });
+    wait_for(
+        &inbox,
+        Duration::from_secs(10),
+        "a detection after the refusal",
+        |seen| seen.iter().filter(|s| s.version == grpc).count() > 30,
+    );
     for process in &processes {
         let listed = list_streams(&process.address);
         let stream = listed.values().next().expect("a stream");
@@ -206,7 +230,12 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     }
     let took = start.elapsed();
     assert!(took < Duration::from_secs(1), "20 writes took {took:?}");
-    wait_all_at(&inbox, &streams, last, "every process at the burst's last revision");
+    wait_all_at(
+        &inbox,
+        &streams,
+        last,
+        "every process at the burst's last revision",
+    );
     std::thread::sleep(Duration::from_millis(500));
     let seen = snapshot(&inbox);
     check_versions(&seen, &streams, &sets);
@@ -257,8 +286,18 @@ fn every_detection_of_two_streams_reaches_nats_and_mqtt() {
             .iter()
             .all(|id| by.get(*id).is_some_and(|f| f.len() as u64 >= frames))
     };
-    wait_for(&nats_inbox, Duration::from_secs(10), "every NATS detection", done);
-    wait_for(&mqtt.inbox, Duration::from_secs(10), "every MQTT detection", done);
+    wait_for(
+        &nats_inbox,
+        Duration::from_secs(10),
+        "every NATS detection",
+        done,
+    );
+    wait_for(
+        &mqtt.inbox,
+        Duration::from_secs(10),
+        "every MQTT detection",
+        done,
+    );
     let nats_frames = frames_by_stream(&snapshot(&nats_inbox));
     let mut mqtt_frames = frames_by_stream(&snapshot(&mqtt.inbox));
     for id in streams {
@@ -301,8 +340,18 @@ fn brokers_that_die_and_return_cost_no_video() {
         Stdio::null(),
     );
     let flowing = |seen: &[Seen]| seen.iter().filter(|s| s.stream == "cam").count() >= 15;
-    wait_for(&nats_inbox, Duration::from_secs(20), "detections on NATS", flowing);
-    wait_for(&mqtt.inbox, Duration::from_secs(20), "detections on MQTT", flowing);
+    wait_for(
+        &nats_inbox,
+        Duration::from_secs(20),
+        "detections on NATS",
+        flowing,
+    );
+    wait_for(
+        &mqtt.inbox,
+        Duration::from_secs(20),
+        "detections on MQTT",
+        flowing,
+    );
     let before = frames_over(&process.address, "cam", 3.0);
 
     nats.kill();
@@ -315,7 +364,10 @@ fn brokers_that_die_and_return_cost_no_video() {
         "the video slowed while the brokers were down: {during} frames in 3 s, {before} before"
     );
     let listed = list_streams(&process.address);
-    let links = listed["cam"]["brokers"].as_array().expect("brokers").clone();
+    let links = listed["cam"]["brokers"]
+        .as_array()
+        .expect("brokers")
+        .clone();
     assert_eq!(links.len(), 2, "{links:?}");
     for link in &links {
         assert_eq!(link["connected"], false, "{link}");
@@ -333,8 +385,18 @@ fn brokers_that_die_and_return_cost_no_video() {
             .count()
             >= 15
     };
-    wait_for(&nats_inbox, Duration::from_secs(20), "NATS delivery resumed", resumed);
-    wait_for(&mqtt.inbox, Duration::from_secs(20), "MQTT delivery resumed", resumed);
+    wait_for(
+        &nats_inbox,
+        Duration::from_secs(20),
+        "NATS delivery resumed",
+        resumed,
+    );
+    wait_for(
+        &mqtt.inbox,
+        Duration::from_secs(20),
+        "MQTT delivery resumed",
+        resumed,
+    );
     let listed = list_streams(&process.address);
     for link in listed["cam"]["brokers"].as_array().expect("brokers") {
         assert_eq!(link["connected"], true, "{link}");
@@ -356,5 +418,8 @@ fn brokers_that_die_and_return_cost_no_video() {
         .filter(|s| s.received > back)
         .map(|s| s.frame)
         .min();
-    assert!(first_after > newest_before, "{first_after:?} after {newest_before:?}");
+    assert!(
+        first_after > newest_before,
+        "{first_after:?} after {newest_before:?}"
+    );
 }

@@ -56,7 +56,13 @@ impl Broker {
             "-sd".into(),
             store.display().to_string(),
         ];
-        Self::start("nats-server", args, port, "nats", dir.join("nats-server.log"))
+        Self::start(
+            "nats-server",
+            args,
+            port,
+            "nats",
+            dir.join("nats-server.log"),
+        )
     }
 
     /// `mosquitto` listening on loopback, anonymous clients allowed.
@@ -190,13 +196,15 @@ pub fn nats_subscriber(url: &str) -> Inbox {
             let _ = ready_tx.send(());
             while let Some(d) = detections.next().await {
                 let d = d.expect("a detection");
-                sink.lock().unwrap_or_else(PoisonError::into_inner).push(Seen {
-                    stream: d.stream,
-                    frame: d.frame,
-                    version: d.label_set_version,
-                    labels: d.labels.into_iter().map(|l| l.label).collect(),
-                    received: Instant::now(),
-                });
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Seen {
+                        stream: d.stream,
+                        frame: d.frame,
+                        version: d.label_set_version,
+                        labels: d.labels.into_iter().map(|l| l.label).collect(),
+                        received: Instant::now(),
+                    });
             }
         });
     });
@@ -230,20 +238,22 @@ impl MqttSubscriber {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let v: serde_json::Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("MQTT payload is not JSON ({e}): {line}"));
-                sink.lock().unwrap_or_else(PoisonError::into_inner).push(Seen {
-                    stream: v["stream"].as_str().unwrap_or_default().to_string(),
-                    frame: v["frame"].as_u64().unwrap_or(u64::MAX),
-                    version: v["label_set_version"].as_u64().unwrap_or(u64::MAX),
-                    labels: v["labels"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|l| l["label"].as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    received: Instant::now(),
-                });
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Seen {
+                        stream: v["stream"].as_str().unwrap_or_default().to_string(),
+                        frame: v["frame"].as_u64().unwrap_or(u64::MAX),
+                        version: v["label_set_version"].as_u64().unwrap_or(u64::MAX),
+                        labels: v["labels"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|l| l["label"].as_str().map(String::from))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        received: Instant::now(),
+                    });
             }
         });
         // Subscribed once a probe published after it comes back.

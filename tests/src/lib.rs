@@ -6,8 +6,8 @@
 //! The tests run the binaries `cargo test --workspace` builds (as `./x test` runs it);
 //! `cargo build -p cliptag-cli` first when running this package's tests alone.
 
-pub mod browser;
 pub mod brokers;
+pub mod browser;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

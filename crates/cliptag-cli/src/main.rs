@@ -56,6 +56,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Measure detection delivery over gRPC to 1, 10 and 100 subscribers.
     BenchGrpc(commands::bench_grpc::Args),
+    /// Measure detections per second and delivery latency through NATS and MQTT.
+    BenchBrokers(commands::bench_brokers::Args),
     /// Zero-shot top-1 accuracy over a labelled manifest of images.
     Eval(commands::eval::Args),
 }
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Preprocess(args) => commands::preprocess::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchGrpc(args) => commands::bench_grpc::run(args),
+        Command::BenchBrokers(args) => commands::bench_brokers::run(args),
         Command::Eval(args) => commands::eval::run(args),
     };
     match result {

@@ -370,6 +370,110 @@ fn a_missing_model_fails_the_state_change_with_a_message_naming_it() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// The text of the first error on `pipeline`'s bus within 10 s.
+fn first_error(pipeline: &gst::Element) -> String {
+    let msg = pipeline
+        .bus()
+        .expect("bus")
+        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error])
+        .expect("an error on the bus");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!("filtered")
+    };
+    format!("{} {:?}", err.error(), err.debug())
+}
+
+#[test]
+fn broker_settings_that_cannot_work_fail_the_state_change_naming_the_cause() {
+    let _serial = serial();
+    init();
+    for (properties, cause) in [
+        ("nats-url=nats//127.0.0.1:4222", "nats//127.0.0.1:4222"),
+        ("mqtt-url=http://u:secret@broker", "expected mqtt://"),
+        ("nats-url=nats://127.0.0.1:9 stream-id=cam.1", "cam.1"),
+        ("labels-key=lobby", "needs nats-url"),
+        (
+            "nats-url=nats://127.0.0.1:9 labels-key=\"a b\"",
+            "labels key",
+        ),
+    ] {
+        let pipeline = gst::parse::launch(&format!(
+            "videotestsrc num-buffers=5 ! cliptag {properties} ! fakesink"
+        ))
+        .expect("pipeline");
+        assert!(
+            pipeline.set_state(gst::State::Playing).is_err(),
+            "{properties} was accepted"
+        );
+        let text = first_error(&pipeline);
+        assert!(text.contains(cause), "{properties}: {text}");
+        assert!(!text.contains("secret"), "the password shows: {text}");
+        pipeline.set_state(gst::State::Null).expect("null");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_said_once_and_the_video_runs_on() {
+    let _serial = serial();
+    init();
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=30 ! video/x-raw,width=64,height=48 ! \
+         cliptag name=tag nats-url=nats://127.0.0.1:{port} mqtt-url=mqtt://127.0.0.1:{port} \
+         broker-outbox=8 ! fakesink"
+    ))
+    .expect("pipeline");
+    pipeline.set_state(gst::State::Playing).expect("playing");
+    let bus = pipeline.bus().expect("bus");
+    let mut warnings = Vec::new();
+    loop {
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(30))
+            .expect("EOS within 30 s");
+        match msg.view() {
+            gst::MessageView::Warning(w) => warnings.push(format!("{} {:?}", w.error(), w.debug())),
+            gst::MessageView::Error(e) => panic!("error: {} {:?}", e.error(), e.debug()),
+            gst::MessageView::Eos(_) => break,
+            _ => {}
+        }
+    }
+    let stats = pipeline
+        .clone()
+        .downcast::<gst::Bin>()
+        .ok()
+        .and_then(|bin| bin.by_name("tag"))
+        .expect("tag")
+        .property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).expect("null");
+    assert_eq!(
+        warnings.iter().filter(|w| w.contains("NATS")).count(),
+        1,
+        "{warnings:?}"
+    );
+    assert_eq!(
+        warnings.iter().filter(|w| w.contains("MQTT")).count(),
+        1,
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().all(|w| w.contains("unreachable")),
+        "{warnings:?}"
+    );
+    assert_eq!(stats.get::<u64>("frames-in").ok(), Some(30), "{stats}");
+    // 30 detections into an outbox of 8: the oldest 22 were dropped and counted.
+    assert_eq!(stats.get::<u64>("nats-dropped").ok(), Some(22), "{stats}");
+    assert_eq!(stats.get::<u64>("mqtt-dropped").ok(), Some(22), "{stats}");
+    assert_eq!(
+        stats.get::<bool>("nats-connected").ok(),
+        Some(false),
+        "{stats}"
+    );
+}
+
 #[test]
 fn caps_changes_mid_stream_work() {
     let _serial = serial();
@@ -634,6 +738,14 @@ fn gst_inspect_shows_every_property_with_its_blurb() {
         "stream-id",
         "engine-id",
         "post-messages",
+        "nats-url",
+        "nats-subject-prefix",
+        "nats-format",
+        "labels-key",
+        "labels-bucket",
+        "mqtt-url",
+        "mqtt-topic-prefix",
+        "broker-outbox",
         "stats",
     ] {
         assert!(

@@ -38,6 +38,7 @@ pub use labels_kv::{
     spec_from_proto, spec_from_value, spec_to_value,
 };
 pub(crate) use labels_kv::{binding_of, binding_proto};
+pub use mqtt::MqttDetections;
 pub use nats::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, NatsDetections, decode_detection};
 
 use crate::convert;
@@ -307,7 +308,11 @@ impl Publisher {
                 } else {
                     error
                 };
-                format!("{} at {} is unreachable ({why})", l.broker, l.url)
+                format!(
+                    "{} at {} is unreachable ({why})",
+                    l.broker.to_uppercase(),
+                    l.url
+                )
             })
             .collect()
     }
@@ -341,9 +346,16 @@ impl Drop for Publisher {
             link.outbox.close();
         }
         if let Some(done) = self.done.take() {
-            // Disconnected (Err) once every task has ended; a timeout leaves them be
-            // aborted below.
-            let _ = done.recv_timeout(FLUSH_GRACE);
+            // Disconnected once every task has ended. Waiting is for brokers that can
+            // still take what is queued: none connected, nothing to wait for.
+            let deadline = Instant::now() + FLUSH_GRACE;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                done.recv_timeout(Duration::from_millis(20))
+            {
+                if Instant::now() >= deadline || self.links.iter().all(|l| !l.state.connected()) {
+                    break;
+                }
+            }
         }
         for task in &self.tasks {
             task.abort();

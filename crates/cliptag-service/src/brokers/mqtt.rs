@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cliptag_proto::v1;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS, Transport};
 
 use super::address::{self, BrokerUrl, Kind};
@@ -123,7 +124,12 @@ async fn drive(mut eventloop: EventLoop, connection: &Connection, url: &str) {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 if ack.code == rumqttc::ConnectReturnCode::Success {
-                    tracing::info!("MQTT connected to {url}");
+                    if failures > 0 {
+                        tracing::info!("MQTT connected to {url} again");
+                    } else {
+                        tracing::debug!("MQTT connected to {url}");
+                    }
+                    lock(&connection.last_error).clear();
                     connection.connected.store(true, Ordering::Release);
                     failures = 0;
                 } else {
@@ -179,4 +185,92 @@ async fn send(link: &Link, connection: &Connection, client: &AsyncClient, topic:
     }
     // Queued after the publishes: the event loop writes them first.
     let _ = client.disconnect().await;
+}
+
+/// Detections read from an MQTT broker, for programs that consume them (`cliptag watch
+/// --mqtt`, the broker benchmark).
+pub struct MqttDetections {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    topics: Vec<String>,
+}
+
+impl MqttDetections {
+    /// Subscribes at QoS 1 to the detections of `streams` (every stream when empty)
+    /// under `prefix`, failing if the broker does not accept within `timeout`.
+    pub async fn subscribe(
+        settings: &MqttSettings,
+        streams: &[String],
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        address::check_prefix(Kind::Mqtt, &settings.topic_prefix).map_err(|e| e.to_string())?;
+        let (options, url) = mqtt_options(settings).map_err(|e| e.to_string())?;
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let topics: Vec<String> = if streams.is_empty() {
+            vec![format!("{}/+/detections", settings.topic_prefix)]
+        } else {
+            for stream in streams {
+                address::check_token("stream id", stream).map_err(|e| e.to_string())?;
+            }
+            streams
+                .iter()
+                .map(|s| format!("{}/{s}/detections", settings.topic_prefix))
+                .collect()
+        };
+        for topic in &topics {
+            client
+                .subscribe(topic.clone(), QoS::AtLeastOnce)
+                .await
+                .map_err(|e| format!("cannot subscribe to {topic}: {e}"))?;
+        }
+        // Connected and subscribed once every SubAck is in.
+        let mut acked = 0;
+        let wait = async {
+            while acked < topics.len() {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("cannot reach MQTT at {url}: {e}")),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| format!("MQTT at {url} did not answer within {timeout:?}"))??;
+        Ok(Self {
+            client,
+            eventloop,
+            topics,
+        })
+    }
+
+    /// The next detection; an error for a message that is not one, or a lost
+    /// connection (the next call reconnects).
+    pub async fn next(&mut self) -> Result<v1::Detection, String> {
+        loop {
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    return super::decode_detection(None, &p.payload)
+                        .map_err(|e| format!("{}: {e}", p.topic));
+                }
+                // A new session after a reconnect: subscribe again.
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    for topic in &self.topics {
+                        let _ = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Disconnects.
+    pub async fn close(self) {
+        let _ = self.client.disconnect().await;
+    }
 }

@@ -67,7 +67,12 @@ pub(crate) fn options(ca_file: Option<&Path>, last_error: Arc<Mutex<String>>) ->
 
 fn note(event: &Event, last_error: &Mutex<String>) {
     match event {
-        Event::Connected => tracing::info!("NATS connected"),
+        // Said when it matters: a connection back after a loss.
+        Event::Connected if lock(last_error).is_empty() => tracing::debug!("NATS connected"),
+        Event::Connected => {
+            tracing::info!("NATS connected again");
+            lock(last_error).clear();
+        }
         Event::Disconnected => {
             tracing::warn!("NATS disconnected; reconnecting");
             *lock(last_error) = "disconnected".into();
