@@ -15,6 +15,10 @@
 //! max_batch = 8
 //! max_latency_ms = 30
 //!
+//! [brokers]                   # optional: many machines
+//! # nats = "nats://nats.local:4222"   every stream's detections to cliptag.<id>.detections
+//! # mqtt = "mqtt://broker.local:1883" and to cliptag/<id>/detections (JSON, QoS 1)
+//!
 //! [[streams]]
 //! id = "door"
 //! uri = "rtsp://camera.local/stream"   # or file = "clip.webm", or test_pattern = "ball"
@@ -22,6 +26,7 @@
 //! labels = ["a person", "a car", "an empty street"]
 //! template = "a photo of {}"
 //! interval = 2
+//! # labels_key = "entrances"   the labels follow this key of the NATS bucket (a label group)
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -30,6 +35,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::broker_args::BrokerArgs;
 use crate::tuning_args::TuningArgs;
 
 /// The whole file.
@@ -42,6 +48,9 @@ pub struct Config {
     /// Engines by name.
     #[serde(default)]
     pub engines: BTreeMap<String, EngineConfig>,
+    /// Brokers every stream publishes to.
+    #[serde(default)]
+    pub brokers: Brokers,
     /// The streams.
     pub streams: Vec<StreamConfig>,
 }
@@ -98,6 +107,23 @@ pub struct EngineConfig {
     pub max_latency_ms: Option<u32>,
 }
 
+/// `[brokers]`: where every stream's detections are published, and the NATS server
+/// label groups (`labels_key` of a stream) are kept on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Brokers {
+    /// NATS server URL.
+    pub nats: Option<String>,
+    /// protobuf or json.
+    pub nats_format: Option<String>,
+    /// MQTT broker URL.
+    pub mqtt: Option<String>,
+    /// The key-value bucket of label groups.
+    pub labels_bucket: Option<String>,
+    /// Detections held per broker while it is down.
+    pub outbox: Option<u32>,
+}
+
 /// When a stream's pipeline is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -151,6 +177,12 @@ pub struct StreamConfig {
     pub threshold: Option<f64>,
     /// softmax or sigmoid.
     pub scoring: Option<String>,
+    /// The key of the NATS bucket whose label set this stream follows.
+    pub labels_key: Option<String>,
+    /// The file's `[brokers]`, copied here when it is read: a stream whose brokers
+    /// changed is restarted on reload like one whose own settings changed.
+    #[serde(skip)]
+    pub brokers: Brokers,
 }
 
 /// Seconds without a frame before a stream counts as stalled, when the file says nothing.
@@ -173,6 +205,19 @@ impl StreamConfig {
             top_k: self.top_k,
             threshold: self.threshold,
             scoring: self.scoring.clone(),
+        }
+    }
+
+    /// Where the stream's detections go and where its labels come from.
+    pub fn broker_args(&self) -> BrokerArgs {
+        let b = &self.brokers;
+        BrokerArgs {
+            nats: b.nats.clone(),
+            nats_format: b.nats_format.clone(),
+            labels_key: self.labels_key.clone(),
+            labels_bucket: self.labels_key.as_ref().and(b.labels_bucket.clone()),
+            mqtt: b.mqtt.clone(),
+            broker_outbox: b.outbox,
         }
     }
 
@@ -269,6 +314,23 @@ impl Config {
             if s.interval == Some(0) {
                 return Err(at(format!("{name}: interval must be at least 1")));
             }
+            if s.labels_key.is_some() && config.brokers.nats.is_none() {
+                return Err(at(format!(
+                    "{name}: labels_key needs [brokers] nats: label groups are kept on a NATS server"
+                )));
+            }
+            s.brokers = config.brokers.clone();
+        }
+        let b = &config.brokers;
+        check_choice(
+            "brokers",
+            "nats_format",
+            &b.nats_format,
+            &["protobuf", "json"],
+        )
+        .map_err(at)?;
+        if b.outbox == Some(0) {
+            return Err(at("brokers: outbox must be at least 1".into()));
         }
         for (name, e) in &config.engines {
             let name = format!("engines.{name}");
@@ -345,6 +407,29 @@ mod tests {
     }
 
     #[test]
+    fn brokers_reach_every_stream_and_a_change_of_them_changes_the_stream() {
+        let text = |nats: &str| {
+            format!(
+                "[brokers]\nnats = \"{nats}\"\nmqtt = \"mqtt://b:1883\"\n\
+                 [[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nlabels_key = \"lobby\"\n\
+                 [[streams]]\nid = \"b\"\ntest_pattern = \"snow\"\n"
+            )
+        };
+        let path = Path::new("/etc/cliptag/cliptag.toml");
+        let c = Config::parse(&text("nats://n:4222"), path).expect("parses");
+        let a = c.streams[0].broker_args();
+        assert_eq!(a.nats.as_deref(), Some("nats://n:4222"));
+        assert_eq!(a.labels_key.as_deref(), Some("lobby"));
+        assert_eq!(a.mqtt.as_deref(), Some("mqtt://b:1883"));
+        assert_eq!(c.streams[1].broker_args().labels_key, None);
+        let moved = Config::parse(&text("nats://m:4222"), path).expect("parses");
+        assert_ne!(
+            moved.streams[1], c.streams[1],
+            "a reload restarts the stream"
+        );
+    }
+
+    #[test]
     fn network_sources_end_as_failures_and_stall_after_ten_seconds_unless_told() {
         let c = Config::parse(
             "[[streams]]\nid = \"cam\"\nuri = \"rtsp://camera/stream\"\n\
@@ -385,6 +470,12 @@ mod tests {
             "[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\n[[streams]]\nid = \"a\"\ntest_pattern = \"snow\"\n",
         );
         assert!(e.contains("id used by an earlier stream"), "{e}");
+        let e = error_of("[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nlabels_key = \"k\"\n");
+        assert!(e.contains("labels_key needs [brokers] nats"), "{e}");
+        let e = error_of(
+            "[brokers]\nnats_format = \"xml\"\n[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\n",
+        );
+        assert!(e.contains("nats_format \"xml\""), "{e}");
         let e = error_of("[[streams]]\nid = \"a\"\ntest_pattern = \"ball\"\nmode = \"fast\"\n");
         assert!(e.contains("mode \"fast\" is not one of sync, async"), "{e}");
         assert!(error_of("[server]\n").contains("streams"));

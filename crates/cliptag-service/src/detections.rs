@@ -60,7 +60,7 @@ impl Filter {
     /// The same for a detection received from elsewhere (a broker): what of it to
     /// show, if anything.
     pub fn apply_detection(&mut self, mut detection: v1::Detection) -> Option<v1::Detection> {
-        if !self.streams.is_empty() && !self.streams.iter().any(|s| *s == detection.stream) {
+        if !self.streams.is_empty() && !self.streams.contains(&detection.stream) {
             return None;
         }
         let wanted = |label: &str| self.labels.is_empty() || self.labels.iter().any(|l| l == label);

@@ -102,7 +102,7 @@ impl Broker {
 /// Reads a subscription until `expected` detections or `idle` without one.
 enum Subscription {
     Nats(NatsDetections),
-    Mqtt(MqttDetections),
+    Mqtt(Box<MqttDetections>),
 }
 
 impl Subscription {
@@ -211,11 +211,11 @@ async fn measure(
                 ca_file: None,
             };
             settings.mqtt = Some(mqtt.clone());
-            Subscription::Mqtt(
+            Subscription::Mqtt(Box::new(
                 MqttDetections::subscribe(&mqtt, &[], timeout)
                     .await
                     .map_err(|e| anyhow!(e))?,
-            )
+            ))
         }
     };
     let publishers = ids

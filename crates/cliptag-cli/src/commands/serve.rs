@@ -459,6 +459,7 @@ impl Supervisor {
             tag.set_property("device", device);
         }
         s.tuning(&self.engine).apply(&tag);
+        s.broker_args().apply(&tag);
         if let (Some(board), Some(sink)) = (&self.snapshots, pipeline.by_name("snapshots")) {
             deliver_snapshots(&sink, board, &s.id)?;
         }

@@ -220,8 +220,11 @@ impl Link {
     }
 }
 
+/// A stream's id and one of its links.
+type StreamLink = (String, Weak<Link>);
+
 /// Publishers' links by stream id, for `ListStreams`.
-static LINKS: LazyLock<Mutex<Vec<(String, Weak<Link>)>>> = LazyLock::new(Default::default);
+static LINKS: LazyLock<Mutex<Vec<StreamLink>>> = LazyLock::new(Default::default);
 
 /// The broker links of stream `id`, with their counters.
 pub fn links_of(id: &str) -> Vec<v1::BrokerLink> {

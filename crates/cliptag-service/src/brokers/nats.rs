@@ -42,8 +42,11 @@ impl LinkState for Connection {
     }
 }
 
+/// What tells connections apart: the URL and the CA file.
+type ConnectionKey = (String, Option<PathBuf>);
+
 /// Connections by URL and CA file.
-static CONNECTIONS: LazyLock<Mutex<HashMap<(String, Option<PathBuf>), Weak<Connection>>>> =
+static CONNECTIONS: LazyLock<Mutex<HashMap<ConnectionKey, Weak<Connection>>>> =
     LazyLock::new(Default::default);
 
 /// Connection options: retried forever with backoff, also the first connection, so
