@@ -83,8 +83,10 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     let nats = Broker::nats(dir.path());
     let url = nats.url();
     let inbox = nats_subscriber(&url);
-    let streams: Vec<String> = (0..3).map(|i| format!("cam-{i}")).collect();
-    let processes: Vec<Running> = streams
+    // Two `cliptag run` processes, and a `cliptag serve` with two streams of one engine:
+    // four streams in three processes, one label group.
+    let streams: Vec<String> = (0..4).map(|i| format!("cam-{i}")).collect();
+    let mut processes: Vec<Running> = streams[..2]
         .iter()
         .map(|id| {
             Running::start(
@@ -106,17 +108,27 @@ fn one_labels_key_changes_every_process_bound_to_it() {
             )
         })
         .collect();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ngrpc = \"127.0.0.1:0\"\n[brokers]\nnats = \"{url}\"\n\
+             [[streams]]\nid = \"cam-2\"\ntest_pattern = \"ball\"\nlabels = [\"seed a\", \"seed b\"]\nlabels_key = \"lobby\"\n\
+             [[streams]]\nid = \"cam-3\"\ntest_pattern = \"snow\"\nlabels = [\"seed a\", \"seed b\"]\nlabels_key = \"lobby\"\n"
+        ),
+    )
+    .expect("serve.toml");
+    let config = config.display().to_string();
+    processes.push(Running::start_command(
+        &["serve", "--config", &config],
+        Stdio::null(),
+    ));
     let mut sets: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    // The first process to reach the key wrote its labels there; the others took them.
+    // The first stream to reach the key wrote its labels there; the others took them.
     sets.insert(1, names(&["seed a", "seed b"]));
-    wait_all_at(
-        &inbox,
-        &streams,
-        1,
-        "every process at the seeded revision 1",
-    );
+    wait_all_at(&inbox, &streams, 1, "every stream at the seeded revision 1");
 
-    // One change from the command line reaches all three.
+    // One change from the command line reaches every stream.
     let (ok, out, err) = cliptag(&[
         "labels",
         "set",
@@ -132,7 +144,7 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     let one = printed_version(&out);
     assert!(one > 1, "revision {one}");
     sets.insert(one, names(&["one a", "one b"]));
-    wait_all_at(&inbox, &streams, one, "every process at the new revision");
+    wait_all_at(&inbox, &streams, one, "every stream at the new revision");
 
     // A change based on a stale version is refused and changes nothing.
     let (ok, _, err) = cliptag(&[
@@ -153,7 +165,7 @@ fn one_labels_key_changes_every_process_bound_to_it() {
         "the refusal says why: {err}"
     );
 
-    // A gRPC change on one process goes through the key to all three.
+    // A gRPC change on one process goes through the key to every stream.
     let (ok, out, err) = cliptag(&[
         "labels",
         "set",
@@ -169,7 +181,7 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     let grpc = printed_version(&out);
     assert!(grpc > one, "gRPC wrote revision {grpc}");
     sets.insert(grpc, names(&["grpc a", "grpc b"]));
-    wait_all_at(&inbox, &streams, grpc, "every process at the gRPC change");
+    wait_all_at(&inbox, &streams, grpc, "every stream at the gRPC change");
     let (ok, out, _) = cliptag(&["labels", "get", "--nats", &url, "--key", "lobby", "--json"]);
     assert!(ok);
     assert_eq!(printed_version(&out), grpc, "the key holds the gRPC change");
@@ -202,9 +214,12 @@ fn one_labels_key_changes_every_process_bound_to_it() {
         "a detection after the refusal",
         |seen| seen.iter().filter(|s| s.version == grpc).count() > 30,
     );
-    for process in &processes {
-        let listed = list_streams(&process.address);
-        let stream = listed.values().next().expect("a stream");
+    let listed: Vec<serde_json::Value> = processes
+        .iter()
+        .flat_map(|p| list_streams(&p.address).into_values())
+        .collect();
+    assert_eq!(listed.len(), streams.len(), "{listed:?}");
+    for stream in &listed {
         assert_eq!(stream["label_set_version"], grpc, "{stream}");
         let binding = &stream["labels_binding"];
         assert_eq!(binding["key"], "lobby", "{stream}");
@@ -234,7 +249,7 @@ fn one_labels_key_changes_every_process_bound_to_it() {
         &inbox,
         &streams,
         last,
-        "every process at the burst's last revision",
+        "every stream at the burst's last revision",
     );
     std::thread::sleep(Duration::from_millis(500));
     let seen = snapshot(&inbox);
