@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cliptag_end_to_end::brokers::{
     Broker, Inbox, MqttSubscriber, Seen, frames_by_stream, nats_subscriber, snapshot, wait_for,
 };
-use cliptag_end_to_end::{Running, cliptag_bin, list_streams, make_clip};
+use cliptag_end_to_end::{Running, cliptag_bin, http, list_streams, make_clip, metrics_addr};
 use cliptag_engine::{Label, LabelSetSpec};
 use cliptag_service::brokers::LabelsBucket;
 
@@ -341,6 +341,8 @@ fn brokers_that_die_and_return_cost_no_video() {
     let mqtt = MqttSubscriber::start(mosquitto.port, Inbox::default());
     let process = Running::start(
         &[
+            "--metrics",
+            "127.0.0.1:0",
             "--stream-id",
             "cam",
             "--nats",
@@ -354,6 +356,7 @@ fn brokers_that_die_and_return_cost_no_video() {
         ],
         Stdio::null(),
     );
+    let metrics = metrics_addr(&process);
     let flowing = |seen: &[Seen]| seen.iter().filter(|s| s.stream == "cam").count() >= 15;
     wait_for(
         &nats_inbox,
@@ -388,6 +391,24 @@ fn brokers_that_die_and_return_cost_no_video() {
         assert_eq!(link["connected"], false, "{link}");
         assert!(link["dropped"].as_u64() > Some(0), "drops counted: {link}");
         assert!(link["queued"].as_u64() <= Some(20), "bounded: {link}");
+    }
+    let (status, body) = http(&metrics, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    for broker in ["nats", "mqtt"] {
+        let labels = format!("{{stream=\"cam\",broker=\"{broker}\"}}");
+        assert!(
+            text.contains(&format!("cliptag_broker_connected{labels} 0")),
+            "{broker} down in the metrics:\n{text}"
+        );
+        let dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cliptag_broker_dropped_total{labels} ")))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            dropped > Some(0.0),
+            "{broker} drops in the metrics:\n{text}"
+        );
     }
 
     let back = Instant::now();
@@ -437,4 +458,126 @@ fn brokers_that_die_and_return_cost_no_video() {
         first_after > newest_before,
         "{first_after:?} after {newest_before:?}"
     );
+}
+
+/// A self-signed certificate for `localhost` (trusted directly, as a client's CA file).
+fn certificate(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl failed");
+    (cert.display().to_string(), key.display().to_string())
+}
+
+#[test]
+fn mqtt_over_tls_with_a_user_and_a_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = certificate(dir.path());
+    let passwords = dir.path().join("passwords");
+    for (user, password) in [("camera", "p@ss word"), ("reader", "r3ad")] {
+        let mut command = Command::new("mosquitto_passwd");
+        if !passwords.exists() {
+            command.arg("-c");
+        }
+        let status = command
+            .arg("-b")
+            .arg(&passwords)
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(status.success());
+    }
+    let broker = Broker::mosquitto_with(
+        dir.path(),
+        &format!(
+            "certfile {cert}\nkeyfile {key}\nallow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+        "mqtts",
+    );
+    let port = broker.port;
+    // The password travels in the URL, percent-encoded.
+    let good = format!("mqtts://camera:p%40ss%20word@localhost:{port}");
+    let camera = Running::start(
+        &[
+            "--stream-id",
+            "cam",
+            "--mqtt",
+            &good,
+            "--mqtt-ca",
+            &cert,
+            "--test-format",
+            "160x120@15",
+        ],
+        Stdio::null(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let received = runtime.block_on(async {
+        let settings = cliptag_service::brokers::MqttSettings {
+            url: format!("mqtts://localhost:{port}"),
+            topic_prefix: "cliptag".into(),
+            username: Some("reader".into()),
+            password: Some("r3ad".into()),
+            ca_file: Some(cert.clone().into()),
+        };
+        let mut detections = cliptag_service::brokers::MqttDetections::subscribe(
+            &settings,
+            &["cam".to_string()],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the reader subscribes over TLS");
+        let mut frames = Vec::new();
+        while frames.len() < 10 {
+            let d = tokio::time::timeout(Duration::from_secs(20), detections.next())
+                .await
+                .expect("detections over TLS")
+                .expect("a detection");
+            assert_eq!(d.stream, "cam");
+            frames.push(d.frame);
+        }
+        frames
+    });
+    assert!(received.windows(2).all(|w| w[1] > w[0]), "{received:?}");
+
+    // A wrong password: the video runs, the link says why it is down, nothing leaks.
+    let wrong = format!("mqtts://camera:wrong@localhost:{port}");
+    let refused = Running::start(
+        &["--stream-id", "cam2", "--mqtt", &wrong, "--mqtt-ca", &cert],
+        Stdio::null(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = list_streams(&refused.address);
+        let link = &listed["cam2"]["brokers"][0];
+        assert_eq!(link["url"], format!("mqtts://camera:***@localhost:{port}"));
+        let error = link["last_error"].as_str().unwrap_or_default().to_string();
+        if link["connected"] == false && !error.is_empty() {
+            assert!(!error.contains("wrong"), "{error}");
+            assert!(listed["cam2"]["frames_in"].as_u64() > Some(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal reported: {link}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((camera, refused));
 }

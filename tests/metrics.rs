@@ -6,20 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cliptag_end_to_end::{Running, cliptag_bin, http};
-
-/// The metrics address from `cliptag run`'s stderr.
-fn metrics_addr(run: &Running) -> String {
-    loop {
-        let line = run
-            .stderr
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cliptag run says where its metrics are");
-        if let Some(rest) = line.strip_prefix("cliptag: metrics on http://") {
-            return rest.trim_end_matches("/metrics").to_string();
-        }
-    }
-}
+use cliptag_end_to_end::{Running, cliptag_bin, http, metrics_addr};
 
 fn scrape(addr: &str, accept: &[&str]) -> String {
     let (status, body) = http(addr, "GET", "/metrics", accept, b"");

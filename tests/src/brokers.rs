@@ -67,15 +67,23 @@ impl Broker {
 
     /// `mosquitto` listening on loopback, anonymous clients allowed.
     pub fn mosquitto(dir: &Path) -> Self {
+        Self::mosquitto_with(dir, "allow_anonymous true\n", "mqtt")
+    }
+
+    /// `mosquitto` listening on loopback with `settings` for its listener (TLS files,
+    /// a password file), reached with `scheme`.
+    pub fn mosquitto_with(dir: &Path, settings: &str, scheme: &'static str) -> Self {
         let port = free_port();
-        let config = dir.join("mosquitto.conf");
+        let config = dir.join(format!("mosquitto-{port}.conf"));
+        // Run as root it would change to the user mosquitto, which cannot read the
+        // test's private directory; `user root` keeps the user it was started as.
         std::fs::write(
             &config,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("user root\npersistence false\nlistener {port} 127.0.0.1\n{settings}"),
         )
         .expect("mosquitto.conf");
         let args = vec!["-c".into(), config.display().to_string()];
-        Self::start("mosquitto", args, port, "mqtt", dir.join("mosquitto.log"))
+        Self::start("mosquitto", args, port, scheme, dir.join("mosquitto.log"))
     }
 
     fn start(

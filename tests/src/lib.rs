@@ -244,6 +244,19 @@ pub fn make_clip(dir: &Path, frames: u32) {
     );
 }
 
+/// The metrics address (host:port) a `cliptag run --metrics` says after where it serves.
+pub fn metrics_addr(run: &Running) -> String {
+    loop {
+        let line = run
+            .stderr
+            .recv_timeout(Duration::from_secs(60))
+            .expect("cliptag run says where its metrics are");
+        if let Some(rest) = line.strip_prefix("cliptag: metrics on http://") {
+            return rest.trim_end_matches("/metrics").to_string();
+        }
+    }
+}
+
 /// `cliptag streams --json` against `address`: each stream's line, by id.
 pub fn list_streams(address: &str) -> std::collections::HashMap<String, serde_json::Value> {
     let out = Command::new(cliptag_bin())

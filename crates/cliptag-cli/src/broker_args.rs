@@ -28,6 +28,12 @@ pub struct BrokerArgs {
     /// cliptag/<stream>/detections; retried while down.
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
+    /// PEM certificates to trust for a tls:// NATS server instead of the system's.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// PEM certificates to trust for an mqtts:// broker instead of the system's.
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    pub mqtt_ca: Option<std::path::PathBuf>,
     /// Detections held per broker while it is slow or down; the oldest unsent are
     /// dropped and counted beyond [element: 1024].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -46,6 +52,14 @@ impl BrokerArgs {
         for (property, value) in text {
             if let Some(value) = value {
                 tag.set_property(property, value);
+            }
+        }
+        for (property, path) in [
+            ("nats-ca-file", &self.nats_ca),
+            ("mqtt-ca-file", &self.mqtt_ca),
+        ] {
+            if let Some(path) = path {
+                tag.set_property(property, path.display().to_string());
             }
         }
         if let Some(format) = &self.nats_format {

@@ -120,6 +120,10 @@ pub struct Brokers {
     pub mqtt: Option<String>,
     /// The key-value bucket of label groups.
     pub labels_bucket: Option<String>,
+    /// PEM certificates to trust for a tls:// NATS server.
+    pub nats_ca: Option<PathBuf>,
+    /// PEM certificates to trust for an mqtts:// broker.
+    pub mqtt_ca: Option<PathBuf>,
     /// Detections held per broker while it is down.
     pub outbox: Option<u32>,
 }
@@ -217,6 +221,8 @@ impl StreamConfig {
             labels_key: self.labels_key.clone(),
             labels_bucket: self.labels_key.as_ref().and(b.labels_bucket.clone()),
             mqtt: b.mqtt.clone(),
+            nats_ca: b.nats_ca.clone(),
+            mqtt_ca: b.mqtt_ca.clone(),
             broker_outbox: b.outbox,
         }
     }
@@ -319,7 +325,14 @@ impl Config {
                     "{name}: labels_key needs [brokers] nats: label groups are kept on a NATS server"
                 )));
             }
-            s.brokers = config.brokers.clone();
+        }
+        for ca in [&mut config.brokers.nats_ca, &mut config.brokers.mqtt_ca]
+            .into_iter()
+            .flatten()
+        {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
+            }
         }
         let b = &config.brokers;
         check_choice(
@@ -331,6 +344,9 @@ impl Config {
         .map_err(at)?;
         if b.outbox == Some(0) {
             return Err(at("brokers: outbox must be at least 1".into()));
+        }
+        for s in &mut config.streams {
+            s.brokers = config.brokers.clone();
         }
         for (name, e) in &config.engines {
             let name = format!("engines.{name}");

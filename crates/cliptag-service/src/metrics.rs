@@ -12,6 +12,9 @@
 //! | `cliptag_stream_latency_seconds` | histogram (submission to scores) | stream, model |
 //! | `cliptag_stream_up` | gauge: 1 while frames flow through a supervised stream, else 0 | stream |
 //! | `cliptag_stream_restarts` | counter: a supervised stream's restarts | stream |
+//! | `cliptag_broker_published`, `cliptag_broker_dropped` | counter: detections sent to a broker, dropped unsent (outbox full) | stream, broker |
+//! | `cliptag_broker_connected`, `cliptag_broker_queued` | gauge | stream, broker |
+//! | `cliptag_labels_revision`, `cliptag_labels_refused` | gauge, counter: a labels key's revision in use, sets refused | stream, key |
 //! | `cliptag_engine_info` | gauge (1) | engine, model, device, dtype |
 //! | `cliptag_engine_batches`, `cliptag_engine_batch_seconds` | counter | engine |
 //! | `cliptag_engine_batch_frames` | histogram (frames per batch) | engine |
@@ -228,6 +231,84 @@ impl Collector for Process {
             "Inferred frames' time from submission to scores",
             Some(&Unit::Seconds),
             latency,
+        )?;
+
+        // Brokers the streams publish to, and the keys their labels follow.
+        let links: Vec<(Labels, cliptag_proto::v1::BrokerLink)> = streams
+            .iter()
+            .flat_map(|(_, info)| {
+                crate::brokers::links_of(&info.id).into_iter().map(|l| {
+                    let labels = vec![("stream", info.id.clone()), ("broker", l.broker.clone())];
+                    (labels, l)
+                })
+            })
+            .collect();
+        let link_counters: [(&str, &str, fn(&cliptag_proto::v1::BrokerLink) -> u64); 2] = [
+            (
+                "cliptag_broker_published",
+                "Detections handed to the broker's connection",
+                |l| l.published,
+            ),
+            (
+                "cliptag_broker_dropped",
+                "Detections dropped unsent because the outbox was full (broker slow or down)",
+                |l| l.dropped,
+            ),
+        ];
+        for (name, help, read) in link_counters {
+            let samples = links
+                .iter()
+                .map(|(labels, l)| (labels.clone(), ConstCounter::new(read(l))))
+                .collect();
+            family(&mut encoder, name, help, None, MetricType::Counter, samples)?;
+        }
+        let link_gauges: [(&str, &str, fn(&cliptag_proto::v1::BrokerLink) -> i64); 2] = [
+            (
+                "cliptag_broker_connected",
+                "1 while the broker is connected",
+                |l| i64::from(l.connected),
+            ),
+            (
+                "cliptag_broker_queued",
+                "Detections waiting in the outbox",
+                |l| l.queued as i64,
+            ),
+        ];
+        for (name, help, read) in link_gauges {
+            let samples = links
+                .iter()
+                .map(|(labels, l)| (labels.clone(), ConstGauge::new(read(l))))
+                .collect();
+            family(&mut encoder, name, help, None, MetricType::Gauge, samples)?;
+        }
+        let bindings: Vec<(Labels, cliptag_proto::v1::LabelsBinding)> = streams
+            .iter()
+            .filter_map(|(e, info)| {
+                let b = crate::brokers::binding_proto(e, &info.label_set)?;
+                Some((vec![("stream", info.id.clone()), ("key", b.key.clone())], b))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "cliptag_labels_revision",
+            "Revision of the labels key in use (0: not read yet)",
+            None,
+            MetricType::Gauge,
+            bindings
+                .iter()
+                .map(|(labels, b)| (labels.clone(), ConstGauge::new(b.revision as i64)))
+                .collect(),
+        )?;
+        family(
+            &mut encoder,
+            "cliptag_labels_refused",
+            "Label sets written to the key that this process refused",
+            None,
+            MetricType::Counter,
+            bindings
+                .iter()
+                .map(|(labels, b)| (labels.clone(), ConstCounter::new(b.refused)))
+                .collect(),
         )?;
 
         // Streams `cliptag serve` keeps running, also while they are down.

@@ -20,6 +20,8 @@ use cliptag_service::brokers::{
 };
 use serde_json::json;
 
+use super::bench_grpc::thread_cpu;
+
 /// Arguments of `cliptag bench-brokers`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -143,7 +145,7 @@ pub fn run(args: Args) -> Result<()> {
         let row = runtime.block_on(measure(broker, rate, round, &args))?;
         if !args.json {
             outln!(
-                "{:<4} offered {:>6}/s: delivered {:>7.0}/s, {} of {} ({} lost); latency p50 {:.2} ms, p99 {:.2} ms",
+                "{:<4} offered {:>6}/s: delivered {:>7.0}/s, {} of {} ({} lost); latency p50 {:.2} ms, p99 {:.2} ms; publishing {:.1} us of CPU per detection",
                 broker.name(),
                 rate,
                 row["delivered_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -152,6 +154,9 @@ pub fn run(args: Args) -> Result<()> {
                 row["lost"],
                 row["latency_p50_ms"].as_f64().unwrap_or(f64::NAN),
                 row["latency_p99_ms"].as_f64().unwrap_or(f64::NAN),
+                row["publisher_cpu_us_per_detection"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
             )?;
         }
         rows.push(row);
@@ -230,6 +235,8 @@ async fn measure(
     }
     let outlets: Vec<_> = publishers.iter().map(Publisher::outlet).collect();
     let offered = (f64::from(rate) * args.seconds).round() as u64;
+    // The publishers' sending runs on the brokers' runtime threads.
+    let cpu_before = thread_cpu("cliptag-brokers");
     let started = Instant::now();
     let producer = std::thread::spawn(move || {
         let start = Instant::now();
@@ -260,6 +267,7 @@ async fn measure(
         }
     }
     let _ = producer.join();
+    let cpu = thread_cpu("cliptag-brokers") - cpu_before;
     let dropped: u64 = publishers
         .iter()
         .flat_map(|p| p.links())
@@ -283,5 +291,7 @@ async fn measure(
         "latency_p50_ms": percentile(&latencies, 0.5),
         "latency_p99_ms": percentile(&latencies, 0.99),
         "latency_max_ms": latencies.last().copied().unwrap_or(f64::NAN),
+        "publisher_cpu_s": cpu,
+        "publisher_cpu_us_per_detection": cpu * 1e6 / (delivered.max(1) as f64),
     }))
 }

@@ -40,7 +40,7 @@ pub struct Args {
 }
 
 /// CPU seconds used so far by this process's threads whose name starts with `prefix`.
-fn thread_cpu(prefix: &str) -> f64 {
+pub fn thread_cpu(prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return f64::NAN;
     };
