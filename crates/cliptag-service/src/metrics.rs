@@ -75,6 +75,13 @@ type StreamGauge = (
     fn(&Engine, &cliptag_engine::StreamInfo) -> i64,
 );
 
+/// A broker link's counter or gauge: its name, help, and how to read it.
+type LinkMetric<T> = (
+    &'static str,
+    &'static str,
+    fn(&cliptag_proto::v1::BrokerLink) -> T,
+);
+
 /// One metric family: its samples, each with its labels.
 fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
@@ -243,7 +250,7 @@ impl Collector for Process {
                 })
             })
             .collect();
-        let link_counters: [(&str, &str, fn(&cliptag_proto::v1::BrokerLink) -> u64); 2] = [
+        let link_counters: [LinkMetric<u64>; 2] = [
             (
                 "cliptag_broker_published",
                 "Detections handed to the broker's connection",
@@ -262,7 +269,7 @@ impl Collector for Process {
                 .collect();
             family(&mut encoder, name, help, None, MetricType::Counter, samples)?;
         }
-        let link_gauges: [(&str, &str, fn(&cliptag_proto::v1::BrokerLink) -> i64); 2] = [
+        let link_gauges: [LinkMetric<i64>; 2] = [
             (
                 "cliptag_broker_connected",
                 "1 while the broker is connected",
