@@ -269,6 +269,31 @@ fn every_detection_of_two_streams_reaches_nats_and_mqtt() {
     let nats_inbox = nats_subscriber(&nats.url());
     let mqtt = MqttSubscriber::start(mosquitto.port, Inbox::default());
     let frames = 45u64;
+    // `cliptag watch` on both brokers too, every result as a JSON line.
+    let watchers: Vec<_> = [("--nats", nats.url()), ("--mqtt", mosquitto.url())]
+        .into_iter()
+        .map(|(option, url)| {
+            let count = (2 * frames).to_string();
+            let args = ["watch", option, &url, "--all", "--json", "--count", &count];
+            let mut child = Command::new(cliptag_bin())
+                .args(args)
+                .args(["--duration", "60"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("cliptag watch");
+            let stderr = child.stderr.take().expect("stderr");
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+            let said = lines
+                .find_map(|l| l.ok().filter(|l| l.contains("subscribed to")))
+                .expect("cliptag watch says it subscribed");
+            assert!(
+                said.contains("cliptag") && said.contains("detections"),
+                "{said}"
+            );
+            child
+        })
+        .collect();
     make_clip(dir.path(), frames as u32);
     let clip = dir.path().join("clip.webm").display().to_string();
     let streams = ["file-a", "file-b"];
@@ -322,6 +347,25 @@ fn every_detection_of_two_streams_reaches_nats_and_mqtt() {
         mqtt.dedup();
         assert_eq!(*mqtt, expected, "MQTT, stream {id}");
     }
+    for watcher in watchers {
+        let out = watcher.wait_with_output().expect("cliptag watch ends");
+        assert!(out.status.success(), "cliptag watch: {}", out.status);
+        let mut by: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let stream = v["stream"].as_str().unwrap_or_default().to_string();
+            by.entry(stream)
+                .or_default()
+                .insert(v["frame"].as_u64().unwrap_or(u64::MAX));
+        }
+        for id in streams {
+            assert_eq!(
+                by.get(id).map(BTreeSet::len),
+                Some(frames as usize),
+                "watch, {id}: {by:?}"
+            );
+        }
+    }
 }
 
 /// Frames the stream took in over `seconds`, read through gRPC.
@@ -349,6 +393,8 @@ fn brokers_that_die_and_return_cost_no_video() {
             &nats.url(),
             "--mqtt",
             &mosquitto.url(),
+            "--labels-key",
+            "dock",
             "--broker-outbox",
             "20",
             "--test-format",
@@ -457,6 +503,31 @@ fn brokers_that_die_and_return_cost_no_video() {
     assert!(
         first_after > newest_before,
         "{first_after:?} after {newest_before:?}"
+    );
+    // The labels key is watched again on the restarted server (its store kept): a
+    // change made now reaches the stream.
+    let (ok, out, err) = cliptag(&[
+        "labels",
+        "set",
+        "--nats",
+        &nats.url(),
+        "--key",
+        "dock",
+        "--labels",
+        "after a,after b",
+        "--json",
+    ]);
+    assert!(ok, "labels set after the restart: {err}");
+    let after = printed_version(&out);
+    assert!(
+        after >= 2,
+        "revision {after}: the key's history survived the restart"
+    );
+    wait_all_at(
+        &nats_inbox,
+        &["cam".to_string()],
+        after,
+        "the stream at the change made after the restart",
     );
 }
 

@@ -1,12 +1,12 @@
-//! `cliptag watch`: subscribe to a server's detections and print them; with --nats, to
-//! the detections every cliptag process publishes to a NATS server.
+//! `cliptag watch`: subscribe to a server's detections and print them; with --nats or
+//! --mqtt, to the detections every cliptag process publishes to a broker.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use cliptag_service::Filter;
-use cliptag_service::brokers::NatsDetections;
+use cliptag_service::brokers::{MqttDetections, MqttSettings, NatsDetections};
 use cliptag_service::v1::{self, detection_event::Event};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -54,6 +54,31 @@ pub struct Args {
     /// PEM certificates to trust for a tls:// NATS server.
     #[arg(long, value_name = "FILE", requires = "nats")]
     nats_ca: Option<std::path::PathBuf>,
+    /// Read the detections every process publishes to this MQTT broker
+    /// (mqtt://[user:password@]host[:port], mqtts:// for TLS).
+    #[arg(long, value_name = "URL", conflicts_with = "nats")]
+    mqtt: Option<String>,
+    /// Topic prefix the processes publish under (`<prefix>/<stream>/detections`).
+    #[arg(
+        long,
+        default_value = "cliptag",
+        value_name = "PREFIX",
+        requires = "mqtt"
+    )]
+    topic_prefix: String,
+    /// PEM certificates to trust for an mqtts:// broker.
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    mqtt_ca: Option<std::path::PathBuf>,
+}
+
+/// The subjects or topics subscribed to, for the line that says so.
+fn subject_of(prefix: &str, separator: char, streams: &[String]) -> String {
+    let wildcard = if separator == '.' { "*" } else { "+" };
+    let stream = match streams {
+        [one] => one.as_str(),
+        _ => wildcard,
+    };
+    format!("{prefix}{separator}{stream}{separator}detections")
 }
 
 /// Where detections come from.
@@ -61,6 +86,8 @@ enum Source {
     Grpc(tonic::Streaming<v1::DetectionEvent>),
     /// Filtered here as the server filters for gRPC subscribers.
     Nats(NatsDetections, Filter),
+    /// The same.
+    Mqtt(Box<MqttDetections>, Filter),
 }
 
 impl Source {
@@ -83,7 +110,30 @@ impl Source {
             )
             .await
             .map_err(|e| anyhow!(e))?;
+            tracing::info!(
+                "subscribed to {} on NATS",
+                subject_of(&args.subject_prefix, '.', &args.stream)
+            );
             return Ok(Source::Nats(detections, filter));
+        }
+        if let Some(url) = &args.mqtt {
+            let filter = Filter::new(&request).map_err(describe)?;
+            let settings = MqttSettings {
+                url: url.clone(),
+                topic_prefix: args.topic_prefix.clone(),
+                username: None,
+                password: None,
+                ca_file: args.mqtt_ca.clone(),
+            };
+            let detections =
+                MqttDetections::subscribe(&settings, &args.stream, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| anyhow!(e))?;
+            tracing::info!(
+                "subscribed to {} on MQTT",
+                subject_of(&args.topic_prefix, '/', &args.stream)
+            );
+            return Ok(Source::Mqtt(Box::new(detections), filter));
         }
         let mut client = args.client.connect().await?;
         let stream = client
@@ -115,6 +165,18 @@ impl Source {
                     }
                     // Someone else's message on the subject: say so, go on.
                     Err(e) => tracing::warn!("skipped a message: {e}"),
+                }
+            },
+            Source::Mqtt(detections, filter) => loop {
+                match detections.next().await {
+                    Ok(d) => {
+                        if let Some(d) = filter.apply_detection(d) {
+                            return Some(Ok(Event::Detection(d)));
+                        }
+                    }
+                    // A message that is not a detection, or a lost connection (the
+                    // client reconnects): say so, go on.
+                    Err(e) => tracing::warn!("{e}"),
                 }
             },
         }
