@@ -291,6 +291,8 @@ fn every_detection_of_two_streams_reaches_nats_and_mqtt() {
                 said.contains("cliptag") && said.contains("detections"),
                 "{said}"
             );
+            // The rest of its stderr is read, so that a later line never meets a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
             child
         })
         .collect();
