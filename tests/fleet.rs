@@ -185,6 +185,16 @@ fn one_labels_key_changes_every_process_bound_to_it() {
     let (ok, out, _) = cliptag(&["labels", "get", "--nats", &url, "--key", "lobby", "--json"]);
     assert!(ok);
     assert_eq!(printed_version(&out), grpc, "the key holds the gRPC change");
+    // Reading a bucket that does not exist says so and does not create it.
+    for _ in 0..2 {
+        let (ok, _, err) = cliptag(&[
+            "labels", "get", "--nats", &url, "--key", "lobby", "--bucket", "lables",
+        ]);
+        assert!(
+            !ok && err.contains("cannot open bucket \"lables\""),
+            "{err}"
+        );
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,6 +206,7 @@ fn one_labels_key_changes_every_process_bound_to_it() {
             "cliptag_labels",
             None,
             Duration::from_secs(5),
+            false,
         ))
         .expect("the bucket");
 

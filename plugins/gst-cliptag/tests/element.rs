@@ -357,14 +357,7 @@ fn a_missing_model_fails_the_state_change_with_a_message_naming_it() {
     .expect("pipeline");
     let started = Instant::now();
     assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let bus = pipeline.bus().expect("bus");
-    let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error])
-        .expect("an error on the bus");
-    let gst::MessageView::Error(err) = msg.view() else {
-        unreachable!("filtered")
-    };
-    let text = format!("{} {:?}", err.error(), err.debug());
+    let text = first_error(&pipeline);
     assert!(text.contains("/nonexistent/clip-model"), "{text}");
     pipeline.set_state(gst::State::Null).expect("null");
     assert!(started.elapsed() < Duration::from_secs(10));

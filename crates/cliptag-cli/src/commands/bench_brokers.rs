@@ -10,7 +10,7 @@
 
 use crate::output::outln;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 use cliptag_engine::{FrameResult, FrameTiming, LabelScore};
@@ -20,7 +20,7 @@ use cliptag_service::brokers::{
 };
 use serde_json::json;
 
-use super::bench_grpc::thread_cpu;
+use super::bench_grpc::{now_us, percentile, thread_cpu};
 
 /// Arguments of `cliptag bench-brokers`.
 #[derive(Debug, clap::Args)]
@@ -43,22 +43,6 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn now_us() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1e6
 }
 
 /// A result like the engine's for a frame scored against three labels.

@@ -69,7 +69,8 @@ pub fn thread_cpu(prefix: &str) -> f64 {
     total as f64 / ticks
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0 to 1) of sorted values, nearest rank; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -77,7 +78,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn now_us() -> f64 {
+/// Wall-clock time now, in microseconds since the Unix epoch.
+pub fn now_us() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

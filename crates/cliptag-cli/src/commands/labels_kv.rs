@@ -46,11 +46,14 @@ pub struct KvAction {
 
 /// Runs the action and prints the key's set afterwards.
 pub async fn act(action: KvAction) -> Result<()> {
+    // Only a new set may create the bucket: a mistyped bucket name is not made here.
+    let create = matches!(action.change, Change::Set(_));
     let bucket = LabelsBucket::open(
         &action.url,
         &action.bucket,
         action.ca_file.clone(),
         CONNECT_TIMEOUT,
+        create,
     )
     .await
     .map_err(|e| anyhow!(e))?;

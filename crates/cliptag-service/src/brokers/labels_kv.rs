@@ -102,10 +102,16 @@ pub fn spec_from_value(value: &[u8]) -> Result<LabelSetSpec, String> {
     spec_from_proto(set.into_proto().map_err(|s| s.message().to_string())?)
 }
 
-async fn open_store(client: &async_nats::Client, bucket: &str) -> Result<kv::Store, String> {
+async fn open_store(
+    client: &async_nats::Client,
+    bucket: &str,
+    create: bool,
+) -> Result<kv::Store, String> {
     let js = jetstream::new(client.clone());
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
+    match js.get_key_value(bucket).await {
+        Ok(store) => return Ok(store),
+        Err(e) if !create => return Err(format!("cannot open bucket {bucket:?}: {e}")),
+        Err(_) => {}
     }
     // The bucket's stream, made as a key-value bucket is (the client's own bucket
     // creation first asks for account fields that servers before 2.10 do not send).
@@ -169,12 +175,13 @@ pub struct LabelsBucket {
 
 impl LabelsBucket {
     /// Connects to `url` (failing if the server does not answer within `timeout`) and
-    /// opens `bucket`, creating it if needed.
+    /// opens `bucket`; with `create`, creates it when missing (as a first write needs).
     pub async fn open(
         url: &str,
         bucket: &str,
         ca_file: Option<PathBuf>,
         timeout: Duration,
+        create: bool,
     ) -> Result<Self, String> {
         let key = LabelsKey {
             url: url.to_string(),
@@ -193,7 +200,7 @@ impl LabelsBucket {
             .connect(url)
             .await
             .map_err(|e| format!("cannot reach NATS at {}: {e}", redact(url)))?;
-        let store = tokio::time::timeout(timeout, open_store(&client, bucket))
+        let store = tokio::time::timeout(timeout, open_store(&client, bucket, create))
             .await
             .map_err(|_| {
                 format!(
@@ -514,7 +521,7 @@ async fn follow_once(inner: &BindingInner, seed: &[u8]) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let key = &inner.key.key;
-    let store = open_store(&inner.connection.client, &inner.key.bucket).await?;
+    let store = open_store(&inner.connection.client, &inner.key.bucket, true).await?;
     match store.create(key, seed.to_vec().into()).await {
         Ok(revision) => tracing::info!(
             "{} had no label set: wrote {:?}'s own (revision {revision})",

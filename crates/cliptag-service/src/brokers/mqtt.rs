@@ -12,6 +12,9 @@ use super::outbox::Outbox;
 use super::{BrokerError, Link, LinkState, MqttSettings, backoff, lock, runtime};
 use crate::json;
 
+/// How often a sender looks whether its broker is back.
+const RECONNECT_POLL: Duration = Duration::from_millis(50);
+
 /// Detections taken from the outbox per round.
 const BATCH: usize = 64;
 
@@ -157,7 +160,7 @@ async fn drive(mut eventloop: EventLoop, connection: &Connection, url: &str) {
 async fn send(link: &Link, connection: &Connection, client: &AsyncClient, topic: String) {
     while link.outbox.wait().await {
         while !connection.connected() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(RECONNECT_POLL).await;
         }
         for detection in link.outbox.take(BATCH) {
             let payload =

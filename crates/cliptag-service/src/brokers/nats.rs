@@ -21,6 +21,9 @@ pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf; messageType=cli
 /// `Content-Type` of a detection published as JSON.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
+/// How often a sender looks whether its broker is back.
+const RECONNECT_POLL: Duration = Duration::from_millis(50);
+
 /// Detections taken from the outbox per round.
 const BATCH: usize = 64;
 
@@ -175,7 +178,7 @@ async fn send(link: &Link, connection: &Connection, subject: String, format: sup
         // Taken only while connected: while the server is away detections wait in the
         // outbox, where the oldest give way to new ones.
         while !connection.connected() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(RECONNECT_POLL).await;
         }
         for detection in link.outbox.take(BATCH) {
             let payload = match encode(&detection, format) {
