@@ -242,11 +242,11 @@ impl Engine {
         self.edit(set, if_version, true, |_| Ok(spec))
     }
 
-    /// Replaces (or creates) label set `set` at a version given from outside, such as the
-    /// revision of a key-value store that holds the set for many processes. Refused
-    /// (with [`EngineError::VersionMismatch`]) unless `version` is newer than the set's
-    /// current version, so that a late or repeated delivery never moves a set back.
-    /// Version 0 installs a set that has no outside version yet.
+    /// Replaces (or creates) label set `set` at exactly `version`, given from outside,
+    /// such as the revision of a key-value store that holds the set for many processes.
+    /// The caller owns the numbering (a store's revisions may start again at 1 when it
+    /// is recreated): unlike [`Engine::set_labels`], nothing is compared. Version 0
+    /// stands for a set that has no outside version yet.
     pub fn install_labels(
         &self,
         set: &str,
@@ -254,14 +254,6 @@ impl Engine {
         version: u64,
     ) -> Result<Arc<LabelSet>> {
         let _serial = lock(&self.inner.edits);
-        let current = self.inner.label_set(set).map_or(0, |c| c.version());
-        if version <= current && !(version == 0 && current == 0) {
-            return Err(EngineError::VersionMismatch {
-                set: set.to_string(),
-                expected: version,
-                current,
-            });
-        }
         let compiled = Arc::new(self.inner.encoder.compile(Arc::from(set), version, spec)?);
         lock(&self.inner.label_sets).insert(set.to_string(), compiled.clone());
         Ok(compiled)

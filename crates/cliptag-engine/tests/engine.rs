@@ -682,6 +682,37 @@ fn invalid_label_sets_and_stale_versions_leave_the_running_set() {
 }
 
 #[test]
+fn sets_installed_at_an_outside_version_keep_it_and_the_next_edit_counts_on() {
+    let engine = engine(1, 0);
+    let seeded = engine
+        .install_labels("s", LabelSetSpec::from_names(&["a", "b"]), 0)
+        .expect("seed");
+    assert_eq!(seeded.version(), 0);
+    let outside = engine
+        .install_labels("s", LabelSetSpec::from_names(&PATTERNS), 41)
+        .expect("revision 41");
+    assert_eq!(engine.labels("s").map(|s| s.version()), Some(41));
+    assert_eq!(outside.names().len(), PATTERNS.len());
+    // A store recreated counts from 1 again: the caller decides, the set follows.
+    let again = engine
+        .install_labels("s", LabelSetSpec::from_names(&["c"]), 1)
+        .expect("revision 1");
+    assert_eq!((again.version(), again.names().len()), (1, 1));
+    // Invalid sets are refused the same way and leave the set in use.
+    let long = "very ".repeat(100);
+    assert!(
+        engine
+            .install_labels("s", LabelSetSpec::from_names(&[long.as_str()]), 2)
+            .is_err()
+    );
+    assert_eq!(engine.labels("s").map(|s| s.version()), Some(1));
+    let edited = engine
+        .set_labels("s", LabelSetSpec::from_names(&["d"]), Some(1))
+        .expect("a local edit on top");
+    assert_eq!(edited.version(), 2);
+}
+
+#[test]
 fn streams_of_one_engine_batch_together() {
     let e = engine(8, 30);
     let s1 = e

@@ -98,9 +98,17 @@ struct Planned {
 /// (filling the prompt cache); then each is swapped in, on condition that it is still
 /// at the version the first step saw. Only a concurrent edit between the two steps can
 /// stop the second one part way (with FAILED_PRECONDITION).
+///
+/// A set that follows a labels key changes through the key instead, so that every
+/// process bound to it (this one included) takes the change the same way: once per key
+/// (streams sharing a key are written once), on condition of `if_version` when given;
+/// a replacement (`replace`) is written whatever the key holds, and an edit of the set
+/// on condition that the key is still at the version the edit started from, so that
+/// no other change is lost.
 fn edit_all(
     targets: Vec<(Arc<Engine>, StreamInfo)>,
     if_version: Option<u64>,
+    replace: bool,
     change: impl Fn(&str, Option<&LabelSetSpec>) -> cliptag_engine::Result<LabelSetSpec>,
 ) -> Result<v1::LabelsChanged, Status> {
     let mut plans: Vec<Planned> = Vec::new();
@@ -133,14 +141,20 @@ fn edit_all(
         });
     }
     let mut swapped: Vec<(usize, Arc<LabelSet>)> = Vec::with_capacity(plans.len());
+    let mut written: Vec<(Arc<brokers::BindingInner>, u64)> = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
         let set = match brokers::binding_of(&plan.engine, &plan.set) {
-            // A set that follows a key changes through the key, so that every process
-            // bound to it (this one included) takes the change the same way.
             Some(binding) => {
-                binding
-                    .write(&plan.spec, Some(plan.version))
-                    .map_err(write_status)?;
+                match written.iter().find(|(b, _)| b.same_key(&binding)) {
+                    Some((_, revision)) => binding.wait_for(*revision),
+                    None => {
+                        let condition = if_version.or((!replace).then_some(plan.version));
+                        binding.write(&plan.spec, condition).map(|revision| {
+                            written.push((binding.clone(), revision));
+                        })
+                    }
+                }
+                .map_err(write_status)?;
                 plan.engine.labels(&plan.set).ok_or_else(|| {
                     Status::internal(format!("label set {} vanished", Quoted(&plan.set)))
                 })?
@@ -257,7 +271,7 @@ impl Cliptag for CliptagService {
         check_if_version(&request.stream, request.if_version)?;
         let targets = targets(&request.stream)?;
         let changed =
-            blocking(move || edit_all(targets, request.if_version, |_, _| Ok(spec.clone())))
+            blocking(move || edit_all(targets, request.if_version, true, |_, _| Ok(spec.clone())))
                 .await?;
         Ok(Response::new(changed))
     }
@@ -280,10 +294,15 @@ impl Cliptag for CliptagService {
         check_if_version(&request.stream, request.if_version)?;
         let targets = targets(&request.stream)?;
         let changed = blocking(move || {
-            edit_all(targets, request.if_version, |set, current| match current {
-                Some(current) => Ok(apply_update(current, &remove, &add)?),
-                None => Err(EngineError::UnknownLabelSet(set.to_string())),
-            })
+            edit_all(
+                targets,
+                request.if_version,
+                false,
+                |set, current| match current {
+                    Some(current) => Ok(apply_update(current, &remove, &add)?),
+                    None => Err(EngineError::UnknownLabelSet(set.to_string())),
+                },
+            )
         })
         .await?;
         Ok(Response::new(changed))

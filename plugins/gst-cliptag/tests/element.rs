@@ -406,6 +406,27 @@ fn broker_settings_that_cannot_work_fail_the_state_change_naming_the_cause() {
 }
 
 #[test]
+fn broker_passwords_never_read_back() {
+    init();
+    let tag = gst::ElementFactory::make("cliptag")
+        .build()
+        .expect("cliptag");
+    tag.set_property("nats-url", "nats://cam:s3cret@nats.local:4222");
+    tag.set_property("mqtt-url", "mqtts://cam:s3cret@broker.local");
+    tag.set_property("mqtt-password", "s3cret");
+    assert_eq!(
+        tag.property::<String>("nats-url"),
+        "nats://cam:***@nats.local:4222"
+    );
+    assert_eq!(
+        tag.property::<String>("mqtt-url"),
+        "mqtts://cam:***@broker.local"
+    );
+    let password = tag.find_property("mqtt-password").expect("mqtt-password");
+    assert!(!password.flags().contains(gst::glib::ParamFlags::READABLE));
+}
+
+#[test]
 fn an_unreachable_broker_is_said_once_and_the_video_runs_on() {
     let _serial = serial();
     init();

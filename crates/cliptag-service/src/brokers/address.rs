@@ -82,11 +82,11 @@ impl BrokerUrl {
                 "a broker URL has only a scheme, a user, a host and a port".into(),
             ));
         }
+        // Percent-decoding only: a `+` in a password is a plus.
         let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
         };
         let username = (!url.username().is_empty()).then(|| decode(url.username()));
         let password = url.password().map(decode);
@@ -104,13 +104,28 @@ impl BrokerUrl {
     pub(crate) fn redacted(&self) -> String {
         redact(&self.raw)
     }
+
+    /// Scheme, host and port, without credentials (which clients take apart).
+    pub(crate) fn address(&self) -> String {
+        let scheme = self.raw.split("://").next().unwrap_or_default();
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
 }
 
-/// `text` with the password of a URL's user replaced by `***`.
+/// `text` with the password of a URL's user replaced by `***`, and a user without a
+/// password (a NATS token) too.
 pub(crate) fn redact(text: &str) -> String {
     match Url::parse(text.trim()) {
         Ok(mut url) if url.password().is_some() => {
             let _ = url.set_password(Some("***"));
+            url.to_string().trim_end_matches('/').to_string()
+        }
+        Ok(mut url) if !url.username().is_empty() => {
+            let _ = url.set_username("***");
             url.to_string().trim_end_matches('/').to_string()
         }
         Ok(_) => text.trim().to_string(),
@@ -171,6 +186,16 @@ mod tests {
         assert_eq!((u.port, u.tls), (8883, true));
         let u = BrokerUrl::parse(Kind::Mqtt, "mqtt://[::1]:1884").expect("ipv6");
         assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
+        assert_eq!(u.address(), "mqtt://[::1]:1884");
+        let u = BrokerUrl::parse(Kind::Mqtt, "mqtts://bob:a+b%2Bc@h").expect("plus");
+        assert_eq!(u.password.as_deref(), Some("a+b+c"));
+        assert_eq!(u.address(), "mqtts://h:8883");
+        let u = BrokerUrl::parse(Kind::Nats, "nats://s3cr3t-token@h:4222").expect("token");
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (Some("s3cr3t-token"), None)
+        );
+        assert_eq!(u.redacted(), "nats://***@h:4222");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use cliptag_engine::{Engine, EngineError, LabelSetSpec};
+use cliptag_engine::{Engine, LabelSetSpec};
 use cliptag_proto::v1;
 use tokio_stream::StreamExt;
 
@@ -196,8 +196,10 @@ impl LabelsBucket {
         if let Some(ca) = ca_file {
             options = options.add_root_certificates(ca);
         }
+        let parsed = BrokerUrl::parse(Kind::Nats, url).map_err(|e| e.to_string())?;
+        let (options, address) = nats::credentials(options, &parsed);
         let client = options
-            .connect(url)
+            .connect(address)
             .await
             .map_err(|e| format!("cannot reach NATS at {}: {e}", redact(url)))?;
         let store = tokio::time::timeout(timeout, open_store(&client, bucket, create))
@@ -425,17 +427,31 @@ impl BindingInner {
         )
         .map_err(|e| LabelsWriteError::Unavailable(e.to_string()))?
         .ok_or_else(|| LabelsWriteError::Unavailable(format!("{describe} did not answer")))??;
+        self.wait_for(revision)?;
+        Ok(revision)
+    }
+
+    /// Whether `other` follows the same key of the same bucket on the same server.
+    pub(crate) fn same_key(&self, other: &BindingInner) -> bool {
+        (&self.key.url, &self.key.bucket, &self.key.key)
+            == (&other.key.url, &other.key.bucket, &other.key.key)
+    }
+
+    /// Waits until this process uses `revision` of the key (or a later one), or has
+    /// refused it.
+    pub(crate) fn wait_for(&self, revision: u64) -> Result<(), LabelsWriteError> {
         let deadline = Instant::now() + TAKE_TIMEOUT;
         loop {
             if self.revision.load(Ordering::Acquire) >= revision {
-                return Ok(revision);
+                return Ok(());
             }
             if self.refused_revision.load(Ordering::Acquire) >= revision {
                 return Err(LabelsWriteError::Refused(lock(&self.last_refusal).clone()));
             }
             if Instant::now() >= deadline {
                 return Err(LabelsWriteError::Unavailable(format!(
-                    "revision {revision} was written to {describe} but did not come back within {} s",
+                    "revision {revision} was written to {} but did not come back within {} s",
+                    self.key.describe(),
                     TAKE_TIMEOUT.as_secs()
                 )));
             }
@@ -444,6 +460,10 @@ impl BindingInner {
     }
 
     fn refuse(&self, revision: u64, why: String) {
+        // A set delivered again (a new watch after a reconnect) is not refused twice.
+        if self.refused_revision.load(Ordering::Acquire) == revision {
+            return;
+        }
         tracing::warn!(
             "label set at revision {revision} of {} refused for {:?}: {why}; the set in use stays",
             self.key.describe(),
@@ -451,10 +471,13 @@ impl BindingInner {
         );
         *lock(&self.last_refusal) = format!("revision {revision}: {why}");
         self.refused.fetch_add(1, Ordering::Relaxed);
-        self.refused_revision.fetch_max(revision, Ordering::AcqRel);
+        self.refused_revision.store(revision, Ordering::Release);
     }
 
-    async fn apply(&self, entry: kv::Entry) {
+    /// Takes an entry of the key. The first entry of a watch is taken whatever its
+    /// revision (the key may have been recreated, its revisions counting from 1 again,
+    /// or the set in use may not come from the key); later ones only when newer.
+    async fn apply(&self, entry: kv::Entry, first: bool) {
         if entry.operation != kv::Operation::Put {
             tracing::warn!(
                 "{} was deleted; {:?} keeps its labels",
@@ -464,15 +487,17 @@ impl BindingInner {
             return;
         }
         let revision = entry.revision;
-        if revision <= self.revision.load(Ordering::Acquire) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let in_use = engine.labels(&self.set).map(|s| s.version());
+        let current = self.revision.load(Ordering::Acquire);
+        if (!first && revision <= current) || (revision == current && in_use == Some(revision)) {
             return;
         }
         let spec = match spec_from_value(&entry.value) {
             Ok(spec) => spec,
             Err(why) => return self.refuse(revision, why),
-        };
-        let Some(engine) = self.engine.upgrade() else {
-            return;
         };
         let set = self.set.clone();
         // Embedding the prompts is CPU work: not on the runtime's thread.
@@ -480,15 +505,19 @@ impl BindingInner {
             tokio::task::spawn_blocking(move || engine.install_labels(&set, spec, revision)).await;
         match installed {
             Ok(Ok(_)) => {
-                self.revision.fetch_max(revision, Ordering::AcqRel);
+                if revision < current {
+                    tracing::warn!(
+                        "{} went back from revision {current} to {revision} (the bucket was recreated?); taking it",
+                        self.key.describe()
+                    );
+                }
+                self.revision.store(revision, Ordering::Release);
                 tracing::info!(
                     "label set {:?} now at revision {revision} of {}",
                     self.set,
                     self.key.describe()
                 );
             }
-            // Already at a newer revision.
-            Ok(Err(EngineError::VersionMismatch { .. })) => {}
             Ok(Err(e)) => self.refuse(revision, e.to_string()),
             Err(e) => self.refuse(revision, format!("the labels' worker failed: {e}")),
         }
@@ -497,10 +526,17 @@ impl BindingInner {
 
 /// Follows the key for as long as the binding lives: reconnects and re-watches, with
 /// backoff, whenever the server goes away.
-async fn follow(inner: Arc<BindingInner>, seed: Vec<u8>) {
+async fn follow(inner: Arc<BindingInner>, first_seed: Vec<u8>) {
     let mut attempt = 0usize;
     let mut said = String::new();
     loop {
+        // A key found empty gets the set in use now (the stream's own labels at first,
+        // the group's last set when a lost bucket comes back empty).
+        let seed = inner
+            .engine
+            .upgrade()
+            .and_then(|e| e.labels(&inner.set))
+            .map_or_else(|| first_seed.clone(), |s| spec_to_value(s.spec()));
         let why = match follow_once(&inner, &seed).await {
             Ok(()) => "the watch ended".to_string(),
             Err(e) => e,
@@ -537,9 +573,11 @@ async fn follow_once(inner: &BindingInner, seed: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot watch: {e}"))?;
     *lock(&inner.store) = Some(store);
     inner.watching.store(true, Ordering::Release);
+    let mut first = true;
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(|e| format!("watch: {e}"))?;
-        inner.apply(entry).await;
+        inner.apply(entry, first).await;
+        first = false;
     }
     Ok(())
 }

@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 use cliptag_engine::FrameResult;
 use cliptag_proto::v1;
 
+pub(crate) use labels_kv::{BindingInner, binding_of, binding_proto};
 pub use labels_kv::{
     DEFAULT_BUCKET, LabelsBinding, LabelsBucket, LabelsEntry, LabelsKey, LabelsWriteError,
     spec_from_proto, spec_from_value, spec_to_value,
 };
-pub(crate) use labels_kv::{binding_of, binding_proto};
 pub use mqtt::MqttDetections;
 pub use nats::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, NatsDetections, decode_detection};
 
@@ -84,6 +84,9 @@ pub enum BrokerError {
         /// Why.
         source: std::io::Error,
     },
+    /// TLS cannot be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The broker's runtime could not start.
     #[error("cannot start the brokers' runtime: {0}")]
     Runtime(String),
@@ -145,6 +148,12 @@ impl PublishSettings {
     }
 }
 
+/// A broker URL as it may be shown: its password (or a bare user, a NATS token)
+/// replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    address::redact(url)
+}
+
 /// A label from its proto message (for programs that edit a stored set).
 pub fn label_from_proto(label: v1::Label) -> cliptag_engine::Label {
     convert::label_from_proto(label)
@@ -203,6 +212,8 @@ pub(crate) struct Link {
     subject: String,
     outbox: Outbox,
     state: Arc<dyn LinkState>,
+    /// Its sending ended (after a close): what was queued went out.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -277,6 +288,7 @@ impl Publisher {
             tasks.append(&mut started);
         }
         let mut registry = lock(&LINKS);
+        registry.retain(|(_, link)| link.strong_count() > 0);
         for link in &links {
             registry.push((stream.to_string(), Arc::downgrade(link)));
         }
@@ -349,13 +361,18 @@ impl Drop for Publisher {
             link.outbox.close();
         }
         if let Some(done) = self.done.take() {
-            // Disconnected once every task has ended. Waiting is for brokers that can
-            // still take what is queued: none connected, nothing to wait for.
+            // Disconnected once every task has ended. Waiting is for links still sending
+            // to a connected broker: a finished one or one whose broker is away has
+            // nothing more to wait for.
             let deadline = Instant::now() + FLUSH_GRACE;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 done.recv_timeout(Duration::from_millis(20))
             {
-                if Instant::now() >= deadline || self.links.iter().all(|l| !l.state.connected()) {
+                let waiting_for_nothing = self
+                    .links
+                    .iter()
+                    .all(|l| l.finished.load(Ordering::Acquire) || !l.state.connected());
+                if Instant::now() >= deadline || waiting_for_nothing {
                     break;
                 }
             }

@@ -25,8 +25,52 @@ const REQUEST_CAPACITY: usize = 64;
 /// Largest detection sent, in bytes (a set's top-k labels with long names).
 const MAX_PACKET: usize = 1 << 20;
 
-/// Client ids must differ between the clients of one broker.
+/// Client ids must differ between the clients of one broker: the broker drops a client
+/// when another connects with its id.
 static CLIENTS: AtomicU64 = AtomicU64::new(0);
+
+/// A client id unique across processes and hosts (process ids repeat between
+/// containers, where they are often 1): a random part drawn once per process, and a
+/// count within it. 23 characters at most, the length every MQTT 3.1.1 broker accepts.
+fn client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let random = *PROCESS.get_or_init(|| {
+        // RandomState is seeded from the system's randomness.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    format!(
+        "cliptag-{:012x}-{}",
+        random & 0xffff_ffff_ffff,
+        CLIENTS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// TLS with the system's trusted roots; an error (not a panic) when none load.
+fn system_tls() -> Result<rumqttc::TlsConfiguration, BrokerError> {
+    use rumqttc::tokio_rustls::rustls;
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none installed".to_string(), ToString::to_string);
+        return Err(BrokerError::Tls(format!(
+            "no trusted root certificates on this system ({why}); give mqtt-ca-file"
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BrokerError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+}
 
 /// A client's connection state, kept by its event loop.
 #[derive(Default)]
@@ -47,12 +91,7 @@ impl LinkState for Connection {
 
 fn mqtt_options(settings: &MqttSettings) -> Result<(MqttOptions, String), BrokerError> {
     let url = BrokerUrl::parse(Kind::Mqtt, &settings.url)?;
-    let id = format!(
-        "cliptag-{}-{}",
-        std::process::id(),
-        CLIENTS.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut options = MqttOptions::new(id, url.host.clone(), url.port);
+    let mut options = MqttOptions::new(client_id(), url.host.clone(), url.port);
     options
         .set_keep_alive(Duration::from_secs(5))
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
@@ -72,8 +111,7 @@ fn mqtt_options(settings: &MqttSettings) -> Result<(MqttOptions, String), Broker
                 alpn: None,
                 client_auth: None,
             },
-            // The system's trusted roots.
-            None => rumqttc::TlsConfiguration::default(),
+            None => system_tls()?,
         };
         options.set_transport(Transport::tls_with_config(tls));
     }
@@ -98,14 +136,18 @@ pub(crate) fn start_publishing(
         subject: topic.clone(),
         outbox: Outbox::new(capacity),
         state: connection.clone(),
+        finished: AtomicBool::new(false),
     });
     let runtime = runtime()?;
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let driver = runtime.spawn({
         let connection = connection.clone();
         let done = done.clone();
+        let link = link.clone();
         async move {
             drive(eventloop, &connection, &url).await;
+            // Everything queued before the disconnect has been written.
+            link.finished.store(true, Ordering::Release);
             drop(done);
         }
     });
@@ -207,8 +249,11 @@ impl MqttDetections {
         timeout: Duration,
     ) -> Result<Self, String> {
         address::check_prefix(Kind::Mqtt, &settings.topic_prefix).map_err(|e| e.to_string())?;
-        let (options, url) = mqtt_options(settings).map_err(|e| e.to_string())?;
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let (mut options, url) = mqtt_options(settings).map_err(|e| e.to_string())?;
+        // Room for every subscription before the event loop runs.
+        let capacity = REQUEST_CAPACITY + streams.len();
+        options.set_request_channel_capacity(capacity);
+        let (client, mut eventloop) = AsyncClient::new(options, capacity);
         let topics: Vec<String> = if streams.is_empty() {
             vec![format!("{}/+/detections", settings.topic_prefix)]
         } else {

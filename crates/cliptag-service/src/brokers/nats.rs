@@ -52,6 +52,22 @@ type ConnectionKey = (String, Option<PathBuf>);
 static CONNECTIONS: LazyLock<Mutex<HashMap<ConnectionKey, Weak<Connection>>>> =
     LazyLock::new(Default::default);
 
+/// The credentials of `url` on `options` (a user with a password, or a user alone as a
+/// token: the client does not read them from the URL), and the address to connect to.
+pub(crate) fn credentials(
+    mut options: ConnectOptions,
+    url: &BrokerUrl,
+) -> (ConnectOptions, String) {
+    match (&url.username, &url.password) {
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        (Some(token), None) => options = options.token(token.clone()),
+        _ => {}
+    }
+    (options, url.address())
+}
+
 /// Connection options: retried forever with backoff, also the first connection, so
 /// that a server that is down at start is reached when it comes up.
 pub(crate) fn options(ca_file: Option<&Path>, last_error: Arc<Mutex<String>>) -> ConnectOptions {
@@ -117,7 +133,8 @@ pub(crate) fn shared(url: &str, ca_file: Option<&Path>) -> Result<Arc<Connection
         return Ok(connection);
     }
     let last_error = Arc::new(Mutex::new(String::new()));
-    let connect = options(ca_file, last_error.clone()).connect(parsed.raw.clone());
+    let (options, address) = credentials(options(ca_file, last_error.clone()), &parsed);
+    let connect = options.connect(address);
     // With retry_on_initial_connect this returns at once; the connection is made by
     // the client's own task on the brokers' runtime.
     let client = super::run_blocking(connect, Duration::from_secs(10))?
@@ -152,12 +169,14 @@ pub(crate) fn start_publishing(
         subject: subject.clone(),
         outbox: Outbox::new(capacity),
         state: connection.clone(),
+        finished: std::sync::atomic::AtomicBool::new(false),
     });
     let format = settings.format;
     let task = runtime()?.spawn({
         let link = link.clone();
         async move {
             send(&link, &connection, subject, format).await;
+            link.finished.store(true, Ordering::Release);
             drop(done);
         }
     });
@@ -266,8 +285,9 @@ impl NatsDetections {
         if let Some(ca) = ca_file {
             options = options.add_root_certificates(ca);
         }
+        let (options, address) = credentials(options, &parsed);
         let client = options
-            .connect(parsed.raw.clone())
+            .connect(address)
             .await
             .map_err(|e| format!("cannot reach NATS at {}: {e}", parsed.redacted()))?;
         let subscriber = client

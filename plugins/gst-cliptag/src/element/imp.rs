@@ -32,8 +32,9 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::key_writer::KeyWriter;
 use super::outbound::{Item, Next, Outbound};
-use cliptag_service::brokers::{LabelsBinding, LabelsKey, Publisher};
+use cliptag_service::brokers::{LabelsBinding, LabelsKey, Publisher, redacted_url};
 
 use super::settings::{
     self, Mode, NatsFormat, Overload, PROPERTIES, Scoring, Settings, check_device, check_dtype,
@@ -104,6 +105,8 @@ pub struct Cliptag {
     failed: AtomicBool,
     /// Frames seen since the stream started (async mode numbers frames itself).
     frames: AtomicU64,
+    /// Label properties set while the labels follow a key, written through it.
+    key_writer: Arc<KeyWriter>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -814,19 +817,15 @@ impl Cliptag {
         };
         let binding = lock(&self.state).binding.clone();
         if let (Some(binding), Ok(spec)) = (binding, &spec) {
-            // Through the key, like every change of a bound set; the write waits for the
-            // server, which a property setter must not.
-            let spec = spec.clone();
+            let version = engine.labels(&set).map_or(0, |s| s.version());
             let element = self.obj().downgrade();
-            let _ = std::thread::Builder::new()
-                .name("cliptag-relabel".into())
-                .spawn(move || {
-                    if let (Err(e), Some(element)) = (binding.write(&spec, None), element.upgrade())
-                    {
+            self.key_writer
+                .submit(binding, spec.clone(), version, move |why| {
+                    if let Some(element) = element.upgrade() {
                         gst::element_warning!(
                             element,
                             gst::LibraryError::Settings,
-                            ["labels not changed: {e}"]
+                            ["labels not changed: {why}"]
                         );
                     }
                 });
@@ -984,6 +983,7 @@ impl ObjectSubclass for Cliptag {
             flushing: AtomicBool::new(true),
             failed: AtomicBool::new(false),
             frames: AtomicU64::new(0),
+            key_writer: Arc::default(),
         }
     }
 }
@@ -1146,16 +1146,16 @@ impl ObjectImpl for Cliptag {
             "grpc-token" => s.grpc_token.to_value(),
             "grpc-tls-cert" => path(&s.grpc_tls_cert).to_value(),
             "grpc-tls-key" => path(&s.grpc_tls_key).to_value(),
-            "nats-url" => s.nats_url.to_value(),
+            // Read back without their passwords (pipeline dumps show properties).
+            "nats-url" => s.nats_url.as_deref().map(redacted_url).to_value(),
             "nats-subject-prefix" => s.nats_subject_prefix.to_value(),
             "nats-format" => s.nats_format.to_value(),
             "nats-ca-file" => path(&s.nats_ca_file).to_value(),
             "labels-key" => s.labels_key.to_value(),
             "labels-bucket" => s.labels_bucket.to_value(),
-            "mqtt-url" => s.mqtt_url.to_value(),
+            "mqtt-url" => s.mqtt_url.as_deref().map(redacted_url).to_value(),
             "mqtt-topic-prefix" => s.mqtt_topic_prefix.to_value(),
             "mqtt-username" => s.mqtt_username.to_value(),
-            "mqtt-password" => s.mqtt_password.to_value(),
             "mqtt-ca-file" => path(&s.mqtt_ca_file).to_value(),
             "broker-outbox" => s.broker_outbox.to_value(),
             other => {

@@ -12,6 +12,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod key_writer;
 mod outbound;
 mod settings;
 

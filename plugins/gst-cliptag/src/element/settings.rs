@@ -591,7 +591,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecString::builder("nats-url")
             .nick("NATS URL")
-            .blurb("Publish every detection to this NATS server: nats://[user:password@]host[:port] (port 4222 by default), or tls:// for TLS. The server is retried with backoff while down; a malformed URL fails the state change. Also where labels-key lives. NULL or empty: no NATS. Read on the way to PAUSED")
+            .blurb("Publish every detection to this NATS server: nats://[user:password@]host[:port] (port 4222 by default), or tls:// for TLS. The server is retried with backoff while down; a malformed URL fails the state change. Also where labels-key lives. NULL or empty: no NATS. Read on the way to PAUSED; reads back with the password as ***")
             .flags(mutable_ready)
             .build(),
         glib::ParamSpecString::builder("nats-subject-prefix")
@@ -623,7 +623,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecString::builder("mqtt-url")
             .nick("MQTT URL")
-            .blurb("Publish every detection as JSON at QoS 1 to this MQTT broker: mqtt://[user:password@]host[:port] (port 1883), or mqtts:// for TLS (port 8883). Retried with backoff while down; a malformed URL fails the state change. NULL or empty: no MQTT. Read on the way to PAUSED")
+            .blurb("Publish every detection as JSON at QoS 1 to this MQTT broker: mqtt://[user:password@]host[:port] (port 1883), or mqtts:// for TLS (port 8883). Retried with backoff while down; a malformed URL fails the state change. NULL or empty: no MQTT. Read on the way to PAUSED; reads back with the password as ***")
             .flags(mutable_ready)
             .build(),
         glib::ParamSpecString::builder("mqtt-topic-prefix")
@@ -639,8 +639,8 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecString::builder("mqtt-password")
             .nick("MQTT password")
-            .blurb("Password for the MQTT broker; overrides one in mqtt-url")
-            .flags(mutable_ready)
+            .blurb("Password for the MQTT broker; overrides one in mqtt-url. Write-only")
+            .flags(glib::ParamFlags::WRITABLE | gst::PARAM_FLAG_MUTABLE_READY)
             .build(),
         glib::ParamSpecString::builder("mqtt-ca-file")
             .nick("MQTT CA file")
