@@ -195,6 +195,35 @@ pub struct Stream {
     pub stats: Option<Stats>,
     /// Set for streams `cliptag serve` keeps running.
     pub health: Option<Health>,
+    /// The brokers its detections go to.
+    pub brokers: Vec<BrokerLink>,
+    /// The labels key it follows, if any.
+    pub labels_binding: Option<LabelsBinding>,
+}
+
+/// A stream's broker (`v1::BrokerLink`).
+#[derive(Debug, Serialize)]
+pub struct BrokerLink {
+    pub broker: String,
+    pub url: String,
+    pub subject: String,
+    pub connected: bool,
+    pub published: u64,
+    pub dropped: u64,
+    pub queued: u64,
+    pub last_error: String,
+}
+
+/// The labels key a stream follows (`v1::LabelsBinding`).
+#[derive(Debug, Serialize)]
+pub struct LabelsBinding {
+    pub url: String,
+    pub bucket: String,
+    pub key: String,
+    pub revision: u64,
+    pub refused: u64,
+    pub last_refusal: String,
+    pub connected: bool,
 }
 
 /// A supervised stream's state (starting, running, restarting, ended, failed), its
@@ -239,6 +268,29 @@ impl Streams {
                     label_set: s.label_set,
                     label_set_version: s.label_set_version,
                     health: s.health.as_ref().map(Health::from_proto),
+                    brokers: s
+                        .brokers
+                        .into_iter()
+                        .map(|b| BrokerLink {
+                            broker: b.broker,
+                            url: b.url,
+                            subject: b.subject,
+                            connected: b.connected,
+                            published: b.published,
+                            dropped: b.dropped,
+                            queued: b.queued,
+                            last_error: b.last_error,
+                        })
+                        .collect(),
+                    labels_binding: s.labels_binding.map(|b| LabelsBinding {
+                        url: b.url,
+                        bucket: b.bucket,
+                        key: b.key,
+                        revision: b.revision,
+                        refused: b.refused,
+                        last_refusal: b.last_refusal,
+                        connected: b.connected,
+                    }),
                     stats: s.stats.map(|t| Stats {
                         frames_in: t.frames_in,
                         inferred: t.inferred,

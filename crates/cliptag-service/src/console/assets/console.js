@@ -266,6 +266,19 @@
     $("stream-health").textContent = healthText;
     $("stream-health").hidden = !healthText;
     $("stream-health").dataset.state = health ? String(health.state) : "";
+    // Where its detections go (NATS, MQTT) and the labels key it follows.
+    const parts = (stream?.brokers ?? []).map((b) => {
+      const up = b.connected ? "up" : `down${b.last_error ? ` (${b.last_error})` : ""}`;
+      return `${b.broker} ${up} · ${b.published} sent · ${b.dropped} dropped`;
+    });
+    const binding = stream?.labels_binding;
+    if (binding) {
+      const refused = binding.refused ? ` · ${binding.refused} refused: ${binding.last_refusal}` : "";
+      parts.push(`labels from key ${binding.key} (revision ${binding.revision})${refused}`);
+    }
+    $("stream-brokers").textContent = parts.join(" | ");
+    $("stream-brokers").hidden = parts.length === 0;
+    $("stream-brokers").dataset.down = (stream?.brokers ?? []).some((b) => !b.connected) ? "1" : "";
     const down = health && health.state !== "running" && health.state !== "starting";
     const lastError = stats.last_error
       ? String(stats.last_error)
