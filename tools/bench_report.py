@@ -6,8 +6,12 @@ the same machine minutes apart; the machines here drift by 10 to 20% over minute
 every ratio is computed within its round and the tables show the median over rounds
 with the range, next to the median figures of each side.
 
-    bench_report.py --ours c1.json c2.json --peer t1.json t2.json \
+    bench_report.py --ours c1.json c2.json --peer t1.json t2.json [--peers p1.json p2.json] \
         [--element e.json] [--grpc g.json] [--json-out summary.json]
+
+With --peers (tools/bench_peers.py: ONNX Runtime, OpenVINO, PyTorch bf16 on the same
+weights, in the same rounds) the tower is also compared with the best system at each
+precision, and the CPU's model and flags are printed with the table.
 """
 import argparse
 import json
@@ -41,6 +45,54 @@ def tower(ours, peers):
                          "peer_images_per_s": median(theirs), "ratio": median(ratios),
                          "ratio_min": min(ratios), "ratio_max": max(ratios)})
     return rows
+
+
+def cpu():
+    """The CPU's model name and the flags that decide the kernels."""
+    model, flags = "?", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "?":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8",
+              "amx_tile"]
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
+def systems(ours, peers, others):
+    """Per system and batch: median images/s over the rounds, and per precision the best
+    peer's name and cliptag's ratio to it within each round."""
+    table = {}
+    def put(name, round_index, results):
+        for r in results:
+            table.setdefault(name, {}).setdefault(r["batch"], {})[round_index] = r["images_per_s"]
+    for i, (o, p, q) in enumerate(zip(ours, peers, others)):
+        put("cliptag-f32", i, o["results"])
+        put("pytorch-f32", i, p["results"])
+        for name, results in q["results"].items():
+            put(name, i, results)
+    medians = {name: {b: median(list(v.values())) for b, v in rows.items()} for name, rows in table.items()}
+    best = []
+    for precision in ("f32", "bf16"):
+        names = [n for n in table if n.endswith(precision) and not n.startswith("cliptag")]
+        mine = table.get(f"cliptag-{precision}")
+        for batch in sorted({b for n in names for b in table[n]}):
+            rounds = range(len(ours))
+            top = [max(((table[n][batch].get(i, 0.0), n) for n in names), default=(0.0, "")) for i in rounds]
+            row = {"precision": precision, "batch": batch,
+                   "best_peer": max(set(t[1] for t in top), key=[t[1] for t in top].count),
+                   "best_peer_images_per_s": median([t[0] for t in top])}
+            if mine and batch in mine:
+                ratios = [mine[batch][i] / top[i][0] for i in rounds if i in mine[batch] and top[i][0] > 0]
+                row.update({"cliptag_images_per_s": median(list(mine[batch].values())), "ratio": median(ratios),
+                            "ratio_min": min(ratios), "ratio_max": max(ratios)})
+            best.append(row)
+    return medians, best
 
 
 def engine(ours, peers):
@@ -84,6 +136,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ours", nargs="+", required=True, help="cliptag bench --json, one file per round")
     ap.add_argument("--peer", nargs="+", required=True, help="bench_transformers.py --json, one file per round")
+    ap.add_argument("--peers", nargs="+", help="bench_peers.py --json, one file per round")
     ap.add_argument("--element", help="the element's figure")
     ap.add_argument("--grpc", help="cliptag bench-grpc --json")
     ap.add_argument("--json-out", help="write every figure and ratio here as one JSON object")
@@ -104,6 +157,34 @@ def main() -> int:
     for r in summary["tower"]:
         print(f"{r['batch']:>6} {r['cliptag_images_per_s']:>10.2f} {r['peer_images_per_s']:>13.2f} "
               f"{ratio_cell(r)}")
+
+    if args.peers:
+        others = [json.load(open(p)) for p in args.peers]
+        if len(others) != rounds:
+            ap.error("--peers needs one file per round")
+        summary["cpu"] = cpu()
+        summary["peer_versions"] = others[0].get("versions")
+        summary["relative_error_vs_f32"] = others[0].get("relative_error_vs_f32")
+        medians, best = systems(ours, peers, others)
+        summary["systems"] = medians
+        summary["against_best_peer"] = best
+        batches = sorted({b for rows in medians.values() for b in rows})
+        print(f"\nCPU: {summary['cpu']['model']} ({', '.join(summary['cpu']['flags'])}); "
+              f"{ours[0].get('threads', '?')} threads; versions {summary['peer_versions']}")
+        print(f"vision tower + projection, images/s, medians of {rounds} rounds")
+        print(f"{'system':>18} " + " ".join(f"{'batch ' + str(b):>10}" for b in batches) + "  rel. error vs f32")
+        for name, rows in sorted(medians.items()):
+            error = (summary["relative_error_vs_f32"] or {}).get(name)
+            cells = " ".join(f"{rows.get(b, float('nan')):>10.2f}" for b in batches)
+            print(f"{name:>18} {cells}  {'' if error is None else f'{error:.1e}'}")
+        print("\ncliptag against the best peer at the same precision (ratio within each round)")
+        for r in best:
+            if "ratio" in r:
+                print(f"{r['precision']:>5} batch {r['batch']:>3}: cliptag {r['cliptag_images_per_s']:.2f} vs "
+                      f"{r['best_peer']} {r['best_peer_images_per_s']:.2f}: {ratio_cell(r)}")
+            else:
+                print(f"{r['precision']:>5} batch {r['batch']:>3}: best peer {r['best_peer']} "
+                      f"{r['best_peer_images_per_s']:.2f}; cliptag has no {r['precision']} CPU figure in this run")
 
     if ours[0].get("end_to_end"):
         summary["engine"] = engine(ours, peers)
