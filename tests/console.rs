@@ -23,19 +23,7 @@ const TRICKY_PROMPT: &str = "'a pinwheel | a windmill toy'";
 
 /// The console's address, from `cliptag run`'s stderr.
 fn console_url(run: &Running) -> String {
-    loop {
-        let line = run
-            .stderr
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cliptag run says where the console is");
-        if let Some(rest) = line.strip_prefix("cliptag: web console on ") {
-            return rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    }
+    run.said("cliptag: web console on ")
 }
 
 /// JavaScript: the first label in the "Now" list.

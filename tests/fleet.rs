@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cliptag_end_to_end::brokers::{
     Broker, Inbox, MqttSubscriber, Seen, frames_by_stream, nats_subscriber, snapshot, wait_for,
 };
-use cliptag_end_to_end::{Running, cliptag_bin, http, list_streams, make_clip};
+use cliptag_end_to_end::{Running, cliptag_bin, http, list_streams, make_clip, metrics_addr};
 use cliptag_engine::{Label, LabelSetSpec};
 use cliptag_service::brokers::LabelsBucket;
 
@@ -417,25 +417,6 @@ fn every_detection_of_two_streams_reaches_nats_and_mqtt() {
     }
 }
 
-/// The console's and the metrics' addresses a `cliptag run --http --metrics` says.
-fn console_and_metrics(run: &Running) -> (String, String) {
-    let (mut console, mut metrics) = (None, None);
-    while console.is_none() || metrics.is_none() {
-        let line = run
-            .stderr
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cliptag run says where its console and metrics are");
-        if let Some(rest) = line.strip_prefix("cliptag: web console on http://") {
-            let address = rest.split_whitespace().next().unwrap_or_default();
-            console = Some(address.trim_end_matches('/').to_string());
-        }
-        if let Some(rest) = line.strip_prefix("cliptag: metrics on http://") {
-            metrics = Some(rest.trim_end_matches("/metrics").to_string());
-        }
-    }
-    (console.unwrap_or_default(), metrics.unwrap_or_default())
-}
-
 /// Frames the stream took in over `seconds`, read through gRPC.
 fn frames_over(address: &str, id: &str, seconds: f64) -> u64 {
     let count = || list_streams(address)[id]["frames_in"].as_u64().unwrap_or(0);
@@ -472,7 +453,10 @@ fn brokers_that_die_and_return_cost_no_video() {
         ],
         Stdio::null(),
     );
-    let (console, metrics) = console_and_metrics(&process);
+    // Said in this order: metrics, then the console.
+    let metrics = metrics_addr(&process);
+    let console = process.said("cliptag: web console on http://");
+    let console = console.trim_end_matches('/');
     let flowing = |seen: &[Seen]| seen.iter().filter(|s| s.stream == "cam").count() >= 15;
     wait_for(
         &nats_inbox,
@@ -509,7 +493,7 @@ fn brokers_that_die_and_return_cost_no_video() {
         assert!(link["queued"].as_u64() <= Some(20), "bounded: {link}");
     }
     // The web console shows the same.
-    let (status, body) = http(&console, "GET", "/api/streams", &[], b"");
+    let (status, body) = http(console, "GET", "/api/streams", &[], b"");
     assert_eq!(status, 200);
     let shown: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     let shown = &shown["streams"][0];

@@ -22,15 +22,7 @@ import torch
 import transformers
 from transformers import CLIPVisionModelWithProjection
 
-
-def parse_batches(text: str) -> list[int]:
-    try:
-        batches = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad batch list {text!r}") from exc
-    if not batches or any(b < 1 for b in batches):
-        raise argparse.ArgumentTypeError(f"bad batch list {text!r}")
-    return batches
+from bench_transformers import parse_batches  # same directory: run as tools/bench_peers.py
 
 
 def pixels(batch: int, size: int) -> np.ndarray:

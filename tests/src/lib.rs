@@ -97,6 +97,25 @@ impl Running {
         }
     }
 
+    /// The first word after `prefix` on the next line of stderr that starts with it
+    /// (an address it announces), waiting up to a minute. Lines before it are passed
+    /// over: the announcements come in a fixed order (gRPC, metrics, console).
+    pub fn said(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("cliptag said no line starting {prefix:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+    }
+
     /// SIGINT, as Ctrl-C sends; the exit status and the rest of stderr.
     pub fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let status = Command::new("kill")
@@ -246,15 +265,9 @@ pub fn make_clip(dir: &Path, frames: u32) {
 
 /// The metrics address (host:port) a `cliptag run --metrics` says after where it serves.
 pub fn metrics_addr(run: &Running) -> String {
-    loop {
-        let line = run
-            .stderr
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cliptag run says where its metrics are");
-        if let Some(rest) = line.strip_prefix("cliptag: metrics on http://") {
-            return rest.trim_end_matches("/metrics").to_string();
-        }
-    }
+    run.said("cliptag: metrics on http://")
+        .trim_end_matches("/metrics")
+        .to_string()
 }
 
 /// `cliptag streams --json` against `address`: each stream's line, by id.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Result, anyhow, bail};
 use cliptag_engine::{FrameResult, FrameTiming, LabelScore};
 use cliptag_service::brokers::{
-    DEFAULT_OUTBOX, Format, MqttDetections, MqttSettings, NatsDetections, NatsSettings,
-    PublishSettings, Publisher,
+    BrokerDetections, DEFAULT_OUTBOX, Format, MqttDetections, MqttSettings, NatsDetections,
+    NatsSettings, PublishSettings, Publisher,
 };
 use serde_json::json;
 
@@ -81,21 +81,6 @@ impl Broker {
         match self {
             Broker::Nats => "nats",
             Broker::Mqtt => "mqtt",
-        }
-    }
-}
-
-/// Reads a subscription until `expected` detections or `idle` without one.
-enum Subscription {
-    Nats(NatsDetections),
-    Mqtt(Box<MqttDetections>),
-}
-
-impl Subscription {
-    async fn next(&mut self) -> Option<Result<cliptag_service::v1::Detection, String>> {
-        match self {
-            Subscription::Nats(s) => s.next().await,
-            Subscription::Mqtt(s) => Some(s.next().await),
         }
     }
 }
@@ -185,7 +170,7 @@ async fn measure(
                 format: Format::Protobuf,
                 ca_file: None,
             });
-            Subscription::Nats(
+            BrokerDetections::Nats(
                 NatsDetections::subscribe(&url, None, &prefix, &[], timeout)
                     .await
                     .map_err(|e| anyhow!(e))?,
@@ -200,7 +185,7 @@ async fn measure(
                 ca_file: None,
             };
             settings.mqtt = Some(mqtt.clone());
-            Subscription::Mqtt(Box::new(
+            BrokerDetections::Mqtt(Box::new(
                 MqttDetections::subscribe(&mqtt, &[], timeout)
                     .await
                     .map_err(|e| anyhow!(e))?,
@@ -230,7 +215,7 @@ async fn measure(
                 std::thread::sleep(wait);
             }
             let i = n as usize % ids.len();
-            outlets[i].offer(&result(&ids[i], n / ids.len() as u64));
+            outlets[i].offer(&Arc::new(result(&ids[i], n / ids.len() as u64)));
         }
     });
     let mut latencies = Vec::with_capacity(offered as usize);
@@ -258,9 +243,7 @@ async fn measure(
         .map(|l| l.dropped)
         .sum();
     drop(publishers);
-    if let Subscription::Mqtt(s) = subscription {
-        s.close().await;
-    }
+    subscription.close().await;
     let window = last.duration_since(started).as_secs_f64();
     latencies.sort_by(f64::total_cmp);
     let delivered = latencies.len() as u64;

@@ -29,22 +29,7 @@ enum Action {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        labels: LabelArgs,
-        /// Prompt template; `{}` stands for the label.
-        #[arg(long, default_value = "{}")]
-        template: String,
-        /// softmax (scores sum to 1) or sigmoid (independent scores).
-        #[arg(long, default_value = "softmax", value_parser = ["softmax", "sigmoid"])]
-        scoring: String,
-        /// Labels per result.
-        #[arg(long, default_value_t = 5)]
-        top_k: u32,
-        /// Score at which a label counts as present (start/end events).
-        #[arg(long)]
-        threshold: Option<f32>,
-        /// Score the mean embedding of the last N inferred frames (actions).
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        pool_frames: u32,
+        set: NewSet,
     },
     /// Add labels at the end of the set.
     Add {
@@ -60,6 +45,47 @@ enum Action {
         #[command(flatten)]
         labels: LabelArgs,
     },
+}
+
+/// The set `labels set` puts in place.
+#[derive(Debug, clap::Args)]
+struct NewSet {
+    #[command(flatten)]
+    labels: LabelArgs,
+    /// Prompt template; `{}` stands for the label.
+    #[arg(long, default_value = "{}")]
+    template: String,
+    /// softmax (scores sum to 1) or sigmoid (independent scores).
+    #[arg(long, default_value = "softmax", value_parser = ["softmax", "sigmoid"])]
+    scoring: String,
+    /// Labels per result.
+    #[arg(long, default_value_t = 5)]
+    top_k: u32,
+    /// Score at which a label counts as present (start/end events).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Score the mean embedding of the last N inferred frames (actions).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pool_frames: u32,
+}
+
+impl NewSet {
+    fn to_proto(&self) -> Result<v1::LabelSet> {
+        Ok(v1::LabelSet {
+            labels: labels(self.labels.names()?),
+            template: self.template.clone(),
+            scoring: if self.scoring == "sigmoid" {
+                v1::Scoring::Sigmoid
+            } else {
+                v1::Scoring::Softmax
+            }
+            .into(),
+            sigmoid_center: None,
+            threshold: self.threshold,
+            top_k: self.top_k,
+            pool_frames: self.pool_frames,
+        })
+    }
 }
 
 /// Which server and stream (or which key of a bucket), and the version check.
@@ -142,50 +168,11 @@ impl Action {
         };
         action.change = match self {
             Action::Get { .. } => Change::Get,
-            Action::Set {
-                labels: names,
-                template,
-                scoring,
-                top_k,
-                threshold,
-                pool_frames,
-                ..
-            } => Change::Set(label_set(
-                names.names()?,
-                template,
-                &scoring,
-                top_k,
-                threshold,
-                pool_frames,
-            )),
+            Action::Set { set, .. } => Change::Set(set.to_proto()?),
             Action::Add { labels: names, .. } => Change::Add(labels(names.names()?)),
             Action::Remove { labels: names, .. } => Change::Remove(names.names()?),
         };
         Ok(action)
-    }
-}
-
-fn label_set(
-    names: Vec<String>,
-    template: String,
-    scoring: &str,
-    top_k: u32,
-    threshold: Option<f32>,
-    pool_frames: u32,
-) -> v1::LabelSet {
-    v1::LabelSet {
-        labels: labels(names),
-        template,
-        scoring: if scoring == "sigmoid" {
-            v1::Scoring::Sigmoid
-        } else {
-            v1::Scoring::Softmax
-        }
-        .into(),
-        sigmoid_center: None,
-        threshold,
-        top_k,
-        pool_frames,
     }
 }
 
@@ -201,23 +188,8 @@ async fn act(action: Action) -> Result<()> {
                 .map_err(describe)?;
             (target, reply.into_inner().sets)
         }
-        Action::Set {
-            target,
-            labels: names,
-            template,
-            scoring,
-            top_k,
-            threshold,
-            pool_frames,
-        } => {
-            let set = label_set(
-                names.names()?,
-                template,
-                &scoring,
-                top_k,
-                threshold,
-                pool_frames,
-            );
+        Action::Set { target, set } => {
+            let set = set.to_proto()?;
             let mut client = target.client.connect().await?;
             let request = target.client.request(v1::SetLabelsRequest {
                 stream: target.stream.clone().unwrap_or_default(),

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use cliptag_service::Filter;
-use cliptag_service::brokers::{MqttDetections, MqttSettings, NatsDetections};
+use cliptag_service::brokers::{BrokerDetections, MqttDetections, MqttSettings, NatsDetections};
 use cliptag_service::v1::{self, detection_event::Event};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -84,10 +84,8 @@ fn subject_of(prefix: &str, separator: char, streams: &[String]) -> String {
 /// Where detections come from.
 enum Source {
     Grpc(tonic::Streaming<v1::DetectionEvent>),
-    /// Filtered here as the server filters for gRPC subscribers.
-    Nats(NatsDetections, Filter),
-    /// The same.
-    Mqtt(Box<MqttDetections>, Filter),
+    /// From a broker, filtered here as the server filters for gRPC subscribers.
+    Broker(BrokerDetections, Filter),
 }
 
 impl Source {
@@ -114,7 +112,7 @@ impl Source {
                 "subscribed to {} on NATS",
                 subject_of(&args.subject_prefix, '.', &args.stream)
             );
-            return Ok(Source::Nats(detections, filter));
+            return Ok(Source::Broker(BrokerDetections::Nats(detections), filter));
         }
         if let Some(url) = &args.mqtt {
             let filter = Filter::new(&request).map_err(describe)?;
@@ -133,7 +131,10 @@ impl Source {
                 "subscribed to {} on MQTT",
                 subject_of(&args.topic_prefix, '/', &args.stream)
             );
-            return Ok(Source::Mqtt(Box::new(detections), filter));
+            return Ok(Source::Broker(
+                BrokerDetections::Mqtt(Box::new(detections)),
+                filter,
+            ));
         }
         let mut client = args.client.connect().await?;
         let stream = client
@@ -156,27 +157,16 @@ impl Source {
                         .and_then(|e| e.ok_or_else(|| anyhow!("the server sent an empty event"))),
                 )
             }
-            Source::Nats(detections, filter) => loop {
+            Source::Broker(detections, filter) => loop {
                 match detections.next().await? {
                     Ok(d) => {
                         if let Some(d) = filter.apply_detection(d) {
                             return Some(Ok(Event::Detection(d)));
                         }
                     }
-                    // Someone else's message on the subject: say so, go on.
-                    Err(e) => tracing::warn!("skipped a message: {e}"),
-                }
-            },
-            Source::Mqtt(detections, filter) => loop {
-                match detections.next().await {
-                    Ok(d) => {
-                        if let Some(d) = filter.apply_detection(d) {
-                            return Some(Ok(Event::Detection(d)));
-                        }
-                    }
-                    // A message that is not a detection, or a lost connection (the
+                    // A message that is not a detection, or a lost MQTT connection (the
                     // client reconnects): say so, go on.
-                    Err(e) => tracing::warn!("{e}"),
+                    Err(e) => tracing::warn!("skipped: {e}"),
                 }
             },
         }

@@ -148,6 +148,33 @@ impl PublishSettings {
     }
 }
 
+/// Detections read from a broker, whichever it is: what `cliptag watch --nats|--mqtt`
+/// and the broker benchmark read.
+pub enum BrokerDetections {
+    /// From NATS.
+    Nats(NatsDetections),
+    /// From MQTT.
+    Mqtt(Box<MqttDetections>),
+}
+
+impl BrokerDetections {
+    /// The next detection; an error for a message that is not one (or, on MQTT, a lost
+    /// connection, which the next call repairs); `None` when the subscription ends.
+    pub async fn next(&mut self) -> Option<Result<v1::Detection, String>> {
+        match self {
+            BrokerDetections::Nats(d) => d.next().await,
+            BrokerDetections::Mqtt(d) => Some(d.next().await),
+        }
+    }
+
+    /// Ends the subscription (an MQTT client disconnects).
+    pub async fn close(self) {
+        if let BrokerDetections::Mqtt(d) = self {
+            d.close().await;
+        }
+    }
+}
+
 /// A broker URL as it may be shown: its password (or a bare user, a NATS token)
 /// replaced by `***`.
 pub fn redacted_url(url: &str) -> String {
@@ -210,7 +237,9 @@ pub(crate) struct Link {
     broker: &'static str,
     url: String,
     subject: String,
-    outbox: Outbox,
+    /// Results waiting, turned into messages by the sender (not on the thread that
+    /// offers them).
+    outbox: Outbox<Arc<FrameResult>>,
     state: Arc<dyn LinkState>,
     /// Its sending ended (after a close): what was queued went out.
     finished: std::sync::atomic::AtomicBool,
@@ -346,11 +375,10 @@ pub struct Outlet {
 }
 
 impl Outlet {
-    /// Queues a result for every broker.
-    pub fn offer(&self, result: &FrameResult) {
-        let detection = Arc::new(convert::detection(result));
+    /// Queues a result for every broker: a reference, nothing encoded here.
+    pub fn offer(&self, result: &Arc<FrameResult>) {
         for link in &self.links {
-            link.outbox.push(detection.clone());
+            link.outbox.push(result.clone());
         }
     }
 }

@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Qo
 use super::address::{self, BrokerUrl, Kind};
 use super::outbox::Outbox;
 use super::{BrokerError, Link, LinkState, MqttSettings, backoff, lock, runtime};
-use crate::json;
+use crate::{convert, json};
 
 /// How often a sender looks whether its broker is back.
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
@@ -204,16 +204,16 @@ async fn send(link: &Link, connection: &Connection, client: &AsyncClient, topic:
         while !connection.connected() {
             tokio::time::sleep(RECONNECT_POLL).await;
         }
-        for detection in link.outbox.take(BATCH) {
-            let payload =
-                match serde_json::to_vec(&json::Detection::from_proto((*detection).clone())) {
-                    Ok(payload) => payload,
-                    Err(e) => {
-                        *lock(&connection.last_error) = format!("cannot encode a detection: {e}");
-                        link.outbox.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
+        for result in link.outbox.take(BATCH) {
+            let detection = json::Detection::from_proto(convert::detection(&result));
+            let payload = match serde_json::to_vec(&detection) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    *lock(&connection.last_error) = format!("cannot encode a detection: {e}");
+                    link.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             match client
                 .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                 .await

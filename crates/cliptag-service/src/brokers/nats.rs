@@ -14,7 +14,7 @@ use prost::Message;
 use super::address::{self, BrokerUrl, Kind};
 use super::outbox::Outbox;
 use super::{BrokerError, Link, LinkState, NatsSettings, backoff, lock, runtime};
-use crate::json;
+use crate::{convert, json};
 
 /// `Content-Type` of a detection published as the protobuf.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf; messageType=cliptag.v1.Detection";
@@ -199,8 +199,8 @@ async fn send(link: &Link, connection: &Connection, subject: String, format: sup
         while !connection.connected() {
             tokio::time::sleep(RECONNECT_POLL).await;
         }
-        for detection in link.outbox.take(BATCH) {
-            let payload = match encode(&detection, format) {
+        for result in link.outbox.take(BATCH) {
+            let payload = match encode(&convert::detection(&result), format) {
                 Ok(payload) => payload,
                 Err(e) => {
                     *lock(&connection.last_error) = e;

@@ -7,15 +7,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use cliptag_proto::v1;
 use tokio::sync::Notify;
 
-/// One broker link's queue and counters.
-pub(crate) struct Outbox {
+/// One broker link's queue (of results, here) and counters.
+pub(crate) struct Outbox<T> {
     capacity: usize,
-    queue: Mutex<VecDeque<Arc<v1::Detection>>>,
+    queue: Mutex<VecDeque<T>>,
     ready: Notify,
     closed: AtomicBool,
     /// Detections dropped unsent because the queue was full.
@@ -24,7 +23,7 @@ pub(crate) struct Outbox {
     pub published: AtomicU64,
 }
 
-impl Outbox {
+impl<T> Outbox<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
@@ -36,18 +35,18 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<v1::Detection>>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a detection without waiting; drops the oldest one when full.
-    pub(crate) fn push(&self, detection: Arc<v1::Detection>) {
+    pub(crate) fn push(&self, item: T) {
         let mut queue = self.lock();
         if queue.len() >= self.capacity {
             queue.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        queue.push_back(detection);
+        queue.push_back(item);
         drop(queue);
         self.ready.notify_one();
     }
@@ -74,7 +73,7 @@ impl Outbox {
     }
 
     /// Takes up to `n` detections, oldest first.
-    pub(crate) fn take(&self, n: usize) -> Vec<Arc<v1::Detection>> {
+    pub(crate) fn take(&self, n: usize) -> Vec<T> {
         let mut queue = self.lock();
         let n = n.min(queue.len());
         queue.drain(..n).collect()
@@ -90,23 +89,17 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn detection(frame: u64) -> Arc<v1::Detection> {
-        Arc::new(v1::Detection {
-            frame,
-            ..Default::default()
-        })
-    }
+    use std::sync::Arc;
 
     #[test]
     fn a_full_outbox_drops_the_oldest_and_counts_it() {
-        let outbox = Outbox::new(3);
+        let outbox = Outbox::<u64>::new(3);
         for frame in 0..5 {
-            outbox.push(detection(frame));
+            outbox.push(frame);
         }
         assert_eq!(outbox.len(), 3);
         assert_eq!(outbox.dropped.load(Ordering::Relaxed), 2);
-        let frames: Vec<u64> = outbox.take(10).iter().map(|d| d.frame).collect();
+        let frames: Vec<u64> = outbox.take(10);
         assert_eq!(frames, [2, 3, 4]);
         assert_eq!(outbox.len(), 0);
     }
@@ -117,7 +110,7 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let outbox = Arc::new(Outbox::new(2));
+        let outbox = Arc::new(Outbox::<u64>::new(2));
         let pusher = outbox.clone();
         runtime.block_on(async move {
             let waiting = tokio::spawn({
@@ -125,9 +118,9 @@ mod tests {
                 async move { outbox.wait().await }
             });
             tokio::task::yield_now().await;
-            pusher.push(detection(7));
+            pusher.push(7u64);
             assert!(waiting.await.expect("task"));
-            assert_eq!(outbox.take(1)[0].frame, 7);
+            assert_eq!(outbox.take(1), [7]);
             let waiting = tokio::spawn({
                 let outbox = outbox.clone();
                 async move { outbox.wait().await }
