@@ -15,18 +15,29 @@ pub struct ModelArgs {
     /// Device to run on: cpu, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Precision of the weights: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU).
+    /// Precision of the matmuls: f32, f16, bf16, or auto (f16 on a GPU; on the CPU bf16
+    /// where it has bf16 dot products (AVX512_BF16), f32 elsewhere).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
 
 impl ModelArgs {
+    /// The same options with another precision.
+    pub fn with_dtype(&self, dtype: &str) -> Self {
+        Self {
+            model: self.model.clone(),
+            device: self.device.clone(),
+            dtype: dtype.into(),
+        }
+    }
+
     /// Loads the model these options name.
     pub fn load(&self) -> Result<ClipModel> {
         let device = cliptag_model::parse_device(&self.device)?;
         let options = LoadOptions {
             dtype: cliptag_model::parse_dtype_for(&self.dtype, &device)?,
             device,
+            plan: None,
         };
         ClipModel::open(self.model.as_deref(), &options).with_context(|| match &self.model {
             Some(dir) => format!("cannot load model {}", dir.display()),

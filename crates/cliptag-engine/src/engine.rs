@@ -156,6 +156,7 @@ impl Engine {
         let options = LoadOptions {
             dtype: cliptag_model::parse_dtype_for(&config.dtype, &device)?,
             device,
+            plan: None,
         };
         let model = ClipModel::open(config.model.as_deref(), &options)?;
         Self::with_model(Arc::new(model), config)

@@ -60,6 +60,8 @@ pub struct TaskAccuracy {
     pub total: usize,
     /// Items that went wrong: (file, expected prompt, predicted prompt).
     pub misses: Vec<(String, String, String)>,
+    /// The index of the prompt chosen for every item, in manifest order.
+    pub predictions: Vec<usize>,
 }
 
 impl TaskAccuracy {
@@ -105,6 +107,17 @@ impl Manifest {
     }
 }
 
+/// How many items two evaluations of one manifest (say f32 and bf16) gave the same top-1
+/// prompt, of how many: `(same, total)`.
+pub fn agreement(a: &[TaskAccuracy], b: &[TaskAccuracy]) -> (usize, usize) {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.predictions.iter().zip(&y.predictions))
+        .fold((0, 0), |(same, total), (p, q)| {
+            (same + usize::from(p == q), total + 1)
+        })
+}
+
 /// Scores every task of the manifest with the model, `batch` images at a time.
 pub fn evaluate(model: &ClipModel, manifest: &Manifest, batch: usize) -> Result<Vec<TaskAccuracy>> {
     let batch = batch.max(1);
@@ -117,6 +130,7 @@ pub fn evaluate(model: &ClipModel, manifest: &Manifest, batch: usize) -> Result<
             correct: 0,
             total: 0,
             misses: Vec::new(),
+            predictions: Vec::with_capacity(task.items.len()),
         };
         for chunk in task.items.chunks(batch) {
             let images = chunk
@@ -132,6 +146,7 @@ pub fn evaluate(model: &ClipModel, manifest: &Manifest, batch: usize) -> Result<
             let sims = embeds.matmul(&texts.t()?)?.to_vec2::<f32>()?;
             for (item, row) in chunk.iter().zip(sims) {
                 let best = argmax(&row);
+                result.predictions.push(best);
                 result.total += 1;
                 if best == item.answer {
                     result.correct += 1;

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::ClipConfig;
 use crate::error::{ModelError, Result};
+use crate::kernels::MatmulPlan;
 use crate::layers::{Linear, l2_normalize};
 use crate::profile::stage;
 use crate::text::TextTransformer;
@@ -23,7 +24,7 @@ pub struct Clip {
     text_projection: Linear,
     /// `exp(logit_scale)`, the temperature of the contrastive logits.
     logit_scale: f32,
-    dtype: DType,
+    plan: MatmulPlan,
     device: Device,
 }
 
@@ -52,15 +53,26 @@ impl Clip {
             )?,
             logit_scale,
             config: config.clone(),
-            dtype: weights.dtype(),
+            plan: weights.plan(),
             device: weights.device().clone(),
         })
     }
 
     /// Reads `config.json` and the weights of a model directory.
     pub fn from_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_dir_planned(dir, dtype, device, None)
+    }
+
+    /// As [`Clip::from_dir`], on the given plan instead of the one `dtype`, the device and
+    /// the CPU give, when there is one.
+    pub fn from_dir_planned(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        plan: Option<MatmulPlan>,
+    ) -> Result<Self> {
         let config = ClipConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::from_dir(dir, dtype, device)?;
+        let weights = Weights::from_dir(dir, dtype, device)?.with_plan(plan);
         Self::load(&config, &weights)
     }
 
@@ -69,9 +81,15 @@ impl Clip {
         &self.config
     }
 
-    /// The type the weights were loaded in (and the vision tower's input type).
+    /// The precision the network's matmuls run in: bf16 on a CPU with bf16 dot products
+    /// (whose activations stay f32) as on a GPU. What reports call the dtype used.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.plan.computes
+    }
+
+    /// How the weights are held and the matmuls computed.
+    pub fn plan(&self) -> MatmulPlan {
+        self.plan
     }
 
     /// The device the network runs on.
@@ -93,7 +111,9 @@ impl Clip {
     /// embeddings `[batch, projection_dim]` in f32, not normalized.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let x = stage("input to device and dtype", &self.device, || {
-            Ok(pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?)
+            Ok(pixel_values
+                .to_device(&self.device)?
+                .to_dtype(self.plan.tensors)?)
         })?;
         let pooled = self.vision.forward(&x)?;
         stage("projection", &self.device, || {

@@ -3,28 +3,41 @@
 //! Tensor names follow the Hugging Face checkpoint layout (`self_attn.q_proj`, `mlp.fc1`,
 //! `layer_norm1`, ...), so a directory saved by `transformers` loads unchanged.
 
+use std::sync::Arc;
+
 use candle_core::{D, Module, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::config::Activation;
 use crate::error::Result;
-use crate::kernels;
+use crate::kernels::{self, PackedLinear};
 use crate::profile::stage;
 use crate::weights::Weights;
 
 /// `y = x W^T + b` on inputs of any rank (flattened to a 2-D matmul).
 ///
-/// The weight is kept transposed and contiguous (`[in, out]`): the matmul kernels run
+/// On the CPU with AVX-512 the weight is packed once at load for the matmul kernels
+/// (f32 or bf16, as the checkpoint's [`MatmulPlan`](crate::kernels::MatmulPlan) says).
+/// Elsewhere it is kept transposed and contiguous (`[in, out]`): the generic matmul runs
 /// several times faster on a row-major right-hand side than on a transposed view.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    weight_t: Tensor,
-    bias: Option<Tensor>,
+    weight: LinearWeight,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Transposed {
+        weight_t: Tensor,
+        bias: Option<Tensor>,
+    },
+    Packed(Arc<PackedLinear>),
 }
 
 impl Linear {
     pub(crate) fn load(w: &Weights, prefix: &str, input: usize, output: usize) -> Result<Self> {
         Self::from_parts(
+            w,
             w.get(&format!("{prefix}.weight"), &[output, input])?,
             Some(w.get(&format!("{prefix}.bias"), &[output])?),
         )
@@ -36,31 +49,67 @@ impl Linear {
         input: usize,
         output: usize,
     ) -> Result<Self> {
-        Self::from_parts(w.get(&format!("{prefix}.weight"), &[output, input])?, None)
+        Self::from_parts(
+            w,
+            w.get(&format!("{prefix}.weight"), &[output, input])?,
+            None,
+        )
     }
 
-    /// From a checkpoint weight `[out, in]` and optional bias `[out]`.
-    pub(crate) fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
-        })
+    /// From a checkpoint weight `[out, in]` and optional bias `[out]`, held as `w`'s plan
+    /// says.
+    pub(crate) fn from_parts(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let weight_t = weight.t()?.contiguous()?;
+        let weight = match w.plan().packed {
+            Some(ty) => {
+                LinearWeight::Packed(Arc::new(PackedLinear::new(&weight_t, bias.as_ref(), ty)?))
+            }
+            None => LinearWeight::Transposed { weight_t, bias },
+        };
+        Ok(Self { weight })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_fused(x, false)
+        self.forward_fused(x, false, None)
     }
 
-    /// The layer, with `quick_gelu` applied in the same pass as the bias when asked.
-    pub(crate) fn forward_fused(&self, x: &Tensor, quick_gelu: bool) -> Result<Tensor> {
+    /// `residual + layer(x)`, the sum made in the matmul's store where the weight is
+    /// packed.
+    pub(crate) fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_fused(x, false, Some(residual))
+    }
+
+    /// The layer, with `quick_gelu` applied in the same pass as the bias when asked, and
+    /// `residual` (of the output's shape) added last.
+    pub(crate) fn forward_fused(
+        &self,
+        x: &Tensor,
+        quick_gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let dims = x.dims();
         let input = dims[dims.len() - 1];
-        let rows = x.elem_count() / input;
+        let rows = x.elem_count() / input.max(1);
         let flat = x.reshape((rows, input))?;
-        let y = kernels::linear(&flat, &self.weight_t, self.bias.as_ref(), quick_gelu)?;
+        let (y, fused_residual) = match &self.weight {
+            LinearWeight::Packed(packed) => {
+                let res = residual
+                    .map(|r| r.reshape((rows, packed.out_features())))
+                    .transpose()?;
+                (packed.forward(&flat, quick_gelu, res.as_ref())?, true)
+            }
+            LinearWeight::Transposed { weight_t, bias } => (
+                kernels::linear(&flat, weight_t, bias.as_ref(), quick_gelu)?,
+                false,
+            ),
+        };
         let mut out_dims = dims.to_vec();
-        out_dims[dims.len() - 1] = self.weight_t.dim(1)?;
-        Ok(y.reshape(out_dims)?)
+        out_dims[dims.len() - 1] = y.dim(1)?;
+        let y = y.reshape(out_dims)?;
+        match residual {
+            Some(r) if !fused_residual => kernels::add(y, r),
+            _ => Ok(y),
+        }
     }
 }
 
@@ -120,18 +169,21 @@ impl Attention {
         let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
         let bias = Tensor::cat(&[(qb * scale)?, kb, vb], 0)?;
         Ok(Self {
-            qkv: Linear::from_parts(weight, Some(bias))?,
+            qkv: Linear::from_parts(w, weight, Some(bias))?,
             out: Linear::load(w, &format!("{prefix}.out_proj"), d, d)?,
             heads: shape.heads,
         })
     }
 
-    /// `x`: `[batch, seq, hidden]`; `causal` stops positions from seeing later ones.
-    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+    /// `residual + attention(x)`, `x`: `[batch, seq, hidden]`; `causal` stops positions
+    /// from seeing later ones.
+    fn forward(&self, x: &Tensor, residual: &Tensor, causal: bool) -> Result<Tensor> {
         let dev = x.device();
         let qkv = stage("qkv projection", dev, || self.qkv.forward(x))?;
         let context = stage("attention", dev, || self.attend(&qkv, causal))?;
-        stage("output projection", dev, || self.out.forward(&context))
+        stage("output projection + residual", dev, || {
+            self.out.forward_residual(&context, residual)
+        })
     }
 
     /// Every position's attention output from the fused projection `[batch, seq, 3d]`.
@@ -163,11 +215,19 @@ impl Attention {
     /// The output at one position per sequence (`positions[i]` of sequence `i`), as
     /// `[batch, 1, hidden]`: every key and value is needed, one query per sequence is.
     /// With `causal`, that query sees the positions up to its own.
-    fn forward_at(&self, x: &Tensor, positions: &[usize], causal: bool) -> Result<Tensor> {
+    fn forward_at(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        positions: &[usize],
+        causal: bool,
+    ) -> Result<Tensor> {
         let dev = x.device();
         let qkv = stage("qkv projection", dev, || self.qkv.forward(x))?;
         let context = stage("attention", dev, || self.attend_at(&qkv, positions, causal))?;
-        stage("output projection", dev, || self.out.forward(&context))
+        stage("output projection + residual", dev, || {
+            self.out.forward_residual(&context, residual)
+        })
     }
 
     /// The attention output at `positions` only, `[batch, 1, d]`, from the fused
@@ -251,8 +311,7 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let dev = x.device();
         let n = stage("layer norm", dev, || Ok(self.norm1.forward(x)?))?;
-        let h = self.attention.forward(&n, causal)?;
-        let x = stage("residual add", dev, || kernels::add(h, x))?;
+        let x = self.attention.forward(&n, x, causal)?;
         self.feed_forward(x)
     }
 
@@ -260,10 +319,9 @@ impl EncoderLayer {
     fn forward_at(&self, x: &Tensor, positions: &[usize], causal: bool) -> Result<Tensor> {
         let dev = x.device();
         let n = stage("layer norm", dev, || Ok(self.norm1.forward(x)?))?;
-        let h = self.attention.forward_at(&n, positions, causal)?;
-        let x = stage("residual add", dev, || {
-            kernels::add(h, &gather(x, positions)?)
-        })?;
+        let x = self
+            .attention
+            .forward_at(&n, &gather(x, positions)?, positions, causal)?;
         self.feed_forward(x)
     }
 
@@ -273,13 +331,14 @@ impl EncoderLayer {
         let n = stage("layer norm", dev, || Ok(self.norm2.forward(&x)?))?;
         let h = stage("mlp fc1 + activation", dev, || {
             if self.act == Activation::QuickGelu {
-                self.fc1.forward_fused(&n, true)
+                self.fc1.forward_fused(&n, true, None)
             } else {
                 activate(self.act, self.fc1.forward(&n)?)
             }
         })?;
-        let h = stage("mlp fc2", dev, || self.fc2.forward(&h))?;
-        stage("residual add", dev, || kernels::add(h, &x))
+        stage("mlp fc2 + residual", dev, || {
+            self.fc2.forward_residual(&h, &x)
+        })
     }
 }
 

@@ -23,7 +23,7 @@ pub mod config;
 mod cuda_pool;
 mod error;
 pub mod image_file;
-mod kernels;
+pub mod kernels;
 mod layers;
 pub mod preprocess;
 pub mod profile;
@@ -40,6 +40,7 @@ pub use candle_core;
 pub use clip::Clip;
 pub use config::ClipConfig;
 pub use error::{ModelError, Result};
+pub use kernels::{CpuFeatures, MatmulPlan};
 pub use layers::l2_normalize;
 pub use preprocess::{FrameRef, PixelFormat, PreprocessConfig, Preprocessor};
 pub use tokenizer::{ClipTokenizer, Tokens};
@@ -49,8 +50,13 @@ pub use tokenizer::{ClipTokenizer, Tokens};
 pub struct LoadOptions {
     /// The device the weights live on.
     pub device: Device,
-    /// The type the weights are converted to (f32, f16 or bf16).
+    /// The precision asked for (f32, f16 or bf16); the model's [`Clip::plan`] says how it
+    /// runs on the device.
     pub dtype: DType,
+    /// A plan to use instead of the one `dtype`, the device and the CPU give: to run the
+    /// bf16 kernels on any CPU (portable code where the CPU lacks bf16 dot products), or
+    /// to compare kernels.
+    pub plan: Option<MatmulPlan>,
 }
 
 impl Default for LoadOptions {
@@ -58,6 +64,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            plan: None,
         }
     }
 }
@@ -126,10 +133,17 @@ fn prepared(device: Device) -> Result<Device> {
 }
 
 /// Parses a precision name for a device: `auto` is f16 on a GPU (half the memory traffic,
-/// tensor cores) and f32 on the CPU (whose f16 matmuls are slower than f32); anything
-/// else as [`parse_dtype`].
+/// tensor cores), and on the CPU bf16 where it has native bf16 dot products (AVX512_BF16)
+/// and f32 elsewhere (f16 and emulated bf16 matmuls are slower than f32); anything else
+/// as [`parse_dtype`]. What a requested type actually runs as is the model's
+/// [`Clip::dtype`].
 pub fn parse_dtype_for(name: &str, device: &Device) -> Result<DType> {
+    auto_dtype(name, device, CpuFeatures::detected())
+}
+
+fn auto_dtype(name: &str, device: &Device, features: CpuFeatures) -> Result<DType> {
     match name.trim() {
+        "auto" if device.is_cpu() && features.native_bf16() => Ok(DType::BF16),
         "auto" if device.is_cpu() => Ok(DType::F32),
         "auto" => Ok(DType::F16),
         other => parse_dtype(other),
@@ -183,7 +197,7 @@ impl ClipModel {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
             ));
         }
-        let network = Clip::from_dir(dir, options.dtype, &options.device)?;
+        let network = Clip::from_dir_planned(dir, options.dtype, &options.device, options.plan)?;
         let config = network.config();
         let tokenizer = ClipTokenizer::from_dir(dir, config.text.max_position_embeddings)?;
         let preprocessor =
@@ -208,7 +222,8 @@ impl ClipModel {
             bundled::WEIGHTS,
             options.dtype,
             &options.device,
-        )?;
+        )?
+        .with_plan(options.plan);
         let network = Clip::load(&config, &weights)?;
         let tokenizer = ClipTokenizer::from_tokenizer_json_bytes(
             bundled::TOKENIZER,
@@ -359,7 +374,19 @@ mod tests {
         }
         assert_eq!(parse_dtype("bf16").ok(), Some(DType::BF16));
         assert!(parse_dtype("f64").is_err());
-        assert_eq!(parse_dtype_for("auto", &Device::Cpu).ok(), Some(DType::F32));
+        let bf16 = CpuFeatures {
+            avx512f: true,
+            avx512_bf16: true,
+            amx_bf16: false,
+        };
+        assert_eq!(
+            auto_dtype("auto", &Device::Cpu, bf16).ok(),
+            Some(DType::BF16)
+        );
+        assert_eq!(
+            auto_dtype("auto", &Device::Cpu, CpuFeatures::none()).ok(),
+            Some(DType::F32)
+        );
         assert_eq!(parse_dtype_for("f16", &Device::Cpu).ok(), Some(DType::F16));
         assert!(parse_dtype("auto").is_err());
     }

@@ -33,7 +33,7 @@ impl VisionTransformer {
             &format!("{prefix}.embeddings.patch_embedding.weight"),
             &[d, c, p, p],
         )?;
-        let patch_embedding = Linear::from_parts(kernel.reshape((d, c * p * p))?, None)?;
+        let patch_embedding = Linear::from_parts(w, kernel.reshape((d, c * p * p))?, None)?;
         let shape = EncoderShape {
             hidden: d,
             intermediate: config.intermediate_size,

@@ -13,6 +13,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
+use crate::kernels::{CpuFeatures, MatmulPlan};
 
 /// Name of the single-file checkpoint in a Hugging Face model directory.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -49,7 +50,9 @@ pub struct Weights {
     files: Vec<MappedFile>,
     /// Tensor name -> index into `files`.
     owner: HashMap<String, usize>,
-    dtype: DType,
+    /// The type asked for; `plan` says how it is held and computed.
+    requested: DType,
+    plan: MatmulPlan,
     device: Device,
 }
 
@@ -82,12 +85,7 @@ impl Weights {
             }
             files.push(file);
         }
-        Ok(Self {
-            files,
-            owner,
-            dtype,
-            device: device.clone(),
-        })
+        Ok(Self::planned(files, owner, dtype, device))
     }
 
     /// Opens a checkpoint held in memory for the life of the program (a model compiled
@@ -100,17 +98,56 @@ impl Weights {
     ) -> Result<Self> {
         let file = index_file(name, FileBytes::Static(bytes))?;
         let owner = file.tensors.keys().map(|k| (k.clone(), 0)).collect();
-        Ok(Self {
-            files: vec![file],
+        Ok(Self::planned(vec![file], owner, dtype, device))
+    }
+
+    fn planned(
+        files: Vec<MappedFile>,
+        owner: HashMap<String, usize>,
+        requested: DType,
+        device: &Device,
+    ) -> Self {
+        let weights = Self {
+            files,
             owner,
-            dtype,
+            requested,
+            plan: MatmulPlan::new(requested, device, CpuFeatures::detected()),
             device: device.clone(),
-        })
+        };
+        weights.log_fallback(CpuFeatures::detected());
+        weights
+    }
+
+    /// Plans as if the CPU had only `features`: to compare kernels, or to run the
+    /// fallback paths on a CPU that does not need them.
+    pub fn with_cpu_features(mut self, features: CpuFeatures) -> Self {
+        self.plan = MatmulPlan::new(self.requested, &self.device, features);
+        self.log_fallback(features);
+        self
+    }
+
+    /// Holds the tensors and runs the matmuls as `plan` says instead, when there is one.
+    pub fn with_plan(mut self, plan: Option<MatmulPlan>) -> Self {
+        if let Some(plan) = plan {
+            self.plan = plan;
+        }
+        self
+    }
+
+    fn log_fallback(&self, features: CpuFeatures) {
+        if let Some(reason) = self.plan.fallback_reason(self.requested, features) {
+            tracing::warn!("{reason}");
+        }
     }
 
     /// The type tensors are converted to.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.plan.tensors
+    }
+
+    /// How the weights are held and the matmuls computed.
+    pub fn plan(&self) -> MatmulPlan {
+        self.plan
     }
 
     /// The device tensors are moved to.
@@ -125,7 +162,7 @@ impl Weights {
 
     /// The tensor `name`, checked against the shape the config implies.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get_as(name, shape, self.dtype)
+        self.get_as(name, shape, self.plan.tensors)
     }
 
     /// The tensor `name` in a type other than the checkpoint's load type (for scalars that

@@ -14,6 +14,93 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 
+mod heap;
+pub mod isa;
+mod microkernel;
+pub(crate) mod packed;
+
+pub use isa::CpuFeatures;
+pub use packed::PackedType;
+
+/// How a model's weights are held and its matmuls computed on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulPlan {
+    /// The type the weight tensors are loaded in.
+    pub tensors: DType,
+    /// The linear layers' weights packed for the CPU kernels, in this type.
+    pub packed: Option<PackedType>,
+    /// The precision the matmuls actually run in: what reports name.
+    pub computes: DType,
+}
+
+impl MatmulPlan {
+    /// The plan for a requested type on a device, given the CPU's features.
+    ///
+    /// On the CPU, f32 runs on packed f32 weights where AVX-512 is present; bf16 runs on
+    /// packed bf16 weights with f32 activations, accumulation, norms and softmax where
+    /// the CPU has bf16 dot products, and as f32 elsewhere (bf16 through generic code
+    /// would be several times slower than f32); f16 goes through candle. Other devices
+    /// hold the requested type.
+    pub fn new(requested: DType, device: &Device, features: CpuFeatures) -> Self {
+        let plain = |dtype| Self {
+            tensors: dtype,
+            packed: None,
+            computes: dtype,
+        };
+        if !device.is_cpu() {
+            return plain(requested);
+        }
+        let f32_plan = Self {
+            tensors: DType::F32,
+            packed: features.avx512f.then_some(PackedType::F32),
+            computes: DType::F32,
+        };
+        match requested {
+            DType::F32 => f32_plan,
+            DType::BF16 if features.native_bf16() => Self {
+                tensors: DType::F32,
+                packed: Some(PackedType::Bf16),
+                computes: DType::BF16,
+            },
+            DType::BF16 => f32_plan,
+            other => plain(other),
+        }
+    }
+
+    /// bf16 matmuls on packed weights with f32 activations, on the CPU whatever its
+    /// features: bf16 dot products where it has them, portable code with the same
+    /// numbers (and several times slower than f32) where it does not.
+    pub fn cpu_bf16() -> Self {
+        Self {
+            tensors: DType::F32,
+            packed: Some(PackedType::Bf16),
+            computes: DType::BF16,
+        }
+    }
+
+    /// Why the plan differs from the request, when it does: for a log line.
+    pub fn fallback_reason(&self, requested: DType, features: CpuFeatures) -> Option<String> {
+        (self.computes != requested).then(|| {
+            format!(
+                "{requested:?} asked for, but this CPU ({}) has no native bf16 dot products \
+                 (AVX512_BF16): running in {:?}",
+                features.names(),
+                self.computes
+            )
+            .to_lowercase()
+        })
+    }
+
+    /// The kernel the CPU matmuls run on, for reports.
+    pub fn kernel(&self) -> &'static str {
+        match self.packed {
+            Some(PackedType::Bf16) => "avx512_bf16 (vdpbf16ps), packed weights",
+            Some(PackedType::F32) => "avx512f, packed weights",
+            None => "candle (gemm on the CPU)",
+        }
+    }
+}
+
 /// Elements per parallel work item: large enough to amortize scheduling.
 const CHUNK: usize = 16 * 1024;
 
@@ -21,7 +108,7 @@ const CHUNK: usize = 16 * 1024;
 /// relative error below 2e-7 over the whole f32 range that does not overflow. Written
 /// without branches or calls so that loops over it vectorize.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -200,6 +287,89 @@ pub(crate) fn linear(
         self::quick_gelu(y)
     } else {
         Ok(y)
+    }
+}
+
+/// A linear layer whose weight is packed for the CPU kernels, with its bias.
+#[derive(Debug)]
+pub(crate) struct PackedLinear {
+    matrix: packed::PackedMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+impl PackedLinear {
+    /// Packs `weight_t` (`[in, out]`) and keeps the bias (`[out]`) in f32.
+    pub(crate) fn new(weight_t: &Tensor, bias: Option<&Tensor>, ty: PackedType) -> Result<Self> {
+        let (k, n) = weight_t.dims2()?;
+        let values = weight_t
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = bias
+            .map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != n) {
+            return Err(candle_core::Error::Msg(format!("bias does not have {n} values")).into());
+        }
+        heap::keep_buffers();
+        Ok(Self {
+            matrix: packed::PackedMatrix::pack(&values, k, n, ty),
+            bias,
+        })
+    }
+
+    /// The layer's output width.
+    pub(crate) fn out_features(&self) -> usize {
+        self.matrix.n()
+    }
+
+    /// `x [m, in] · W + bias`, then `quick_gelu` when asked, then `+ residual [m, out]`,
+    /// all before the one store of each output value.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        quick_gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        let n = self.matrix.n();
+        if k != self.matrix.k() {
+            return Err(candle_core::Error::Msg(format!(
+                "linear layer takes {} inputs, got {k}",
+                self.matrix.k()
+            ))
+            .into());
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let residual = residual
+            .map(|r| -> Result<Tensor> {
+                let r = r.to_dtype(DType::F32)?.contiguous()?;
+                if r.dims() != [m, n] {
+                    return Err(candle_core::Error::Msg(format!(
+                        "residual is {:?}, the layer makes [{m}, {n}]",
+                        r.dims()
+                    ))
+                    .into());
+                }
+                Ok(r)
+            })
+            .transpose()?;
+        let out = {
+            let (xs, xl) = x.storage_and_layout();
+            let xs = cpu_f32(&xs, xl)?;
+            let res_guard = residual.as_ref().map(|r| r.storage_and_layout());
+            let res = match &res_guard {
+                Some((storage, layout)) => Some(cpu_f32(storage, layout)?),
+                None => None,
+            };
+            let epilogue = packed::Epilogue {
+                bias: self.bias.as_deref(),
+                quick_gelu,
+                residual: res,
+            };
+            packed::matmul(xs, m, &self.matrix, epilogue, CpuFeatures::detected())
+        };
+        Ok(Tensor::from_vec(out, (m, n), x.device())?)
     }
 }
 

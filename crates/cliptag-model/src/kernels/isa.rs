@@ -1,0 +1,87 @@
+//! What the CPU offers the matmul kernels, detected once at run time, so one binary runs
+//! the widest kernels a machine has and plain code everywhere else.
+
+use std::sync::OnceLock;
+
+/// The instruction-set extensions the kernels can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuFeatures {
+    /// AVX-512 Foundation: the f32 kernels' 16-wide fused multiply-adds.
+    pub avx512f: bool,
+    /// AVX512_BF16: `vdpbf16ps`, pairs of bf16 products accumulated into f32.
+    pub avx512_bf16: bool,
+    /// AMX-BF16 tiles. Detected and reported; the bf16 matmuls still run on
+    /// AVX512_BF16, which every CPU with AMX-BF16 also has.
+    pub amx_bf16: bool,
+}
+
+impl CpuFeatures {
+    /// The features of this machine's CPU (detected once, then cached).
+    pub fn detected() -> Self {
+        static DETECTED: OnceLock<CpuFeatures> = OnceLock::new();
+        *DETECTED.get_or_init(detect)
+    }
+
+    /// No extension at all: what the portable code paths assume.
+    pub const fn none() -> Self {
+        Self {
+            avx512f: false,
+            avx512_bf16: false,
+            amx_bf16: false,
+        }
+    }
+
+    /// Whether bf16 matmuls run natively (bf16 dot products into f32).
+    pub fn native_bf16(&self) -> bool {
+        self.avx512f && self.avx512_bf16
+    }
+
+    /// The extensions, as `lscpu` names them, for logs and reports.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = [
+            (self.avx512f, "avx512f"),
+            (self.avx512_bf16, "avx512_bf16"),
+            (self.amx_bf16, "amx_bf16"),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect();
+        if names.is_empty() {
+            "no AVX-512".into()
+        } else {
+            names.join(" ")
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> CpuFeatures {
+    CpuFeatures {
+        avx512f: std::arch::is_x86_feature_detected!("avx512f"),
+        avx512_bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
+        amx_bf16: amx_bf16_usable(),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> CpuFeatures {
+    CpuFeatures::none()
+}
+
+/// AMX-BF16 in CPUID (leaf 7, EDX bit 22) with the tile state enabled by the OS
+/// (XCR0 bits 17 and 18). The standard library's detection of it is not stable yet.
+#[cfg(target_arch = "x86_64")]
+fn amx_bf16_usable() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    if __cpuid(0).eax < 7 {
+        return false;
+    }
+    let leaf7 = __cpuid_count(7, 0);
+    let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
+    if leaf7.edx & (1 << 22) == 0 || !osxsave {
+        return false;
+    }
+    // SAFETY: XGETBV is available when the OS has set CR4.OSXSAVE (checked above).
+    let xcr0 = unsafe { std::arch::x86_64::_xgetbv(0) };
+    xcr0 & (0b11 << 17) == 0b11 << 17
+}

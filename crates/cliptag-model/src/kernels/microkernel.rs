@@ -1,0 +1,562 @@
+//! The innermost loops of the packed matmul: one tile of at most `MR` rows and `NR`
+//! columns over a block of steps, with its accumulators in registers.
+//!
+//! Each tile has an AVX-512 kernel (f32 fused multiply-adds; bf16 pairs through
+//! `vdpbf16ps`) and a portable one with the same meaning, which is also what runs on CPUs
+//! without the extension. Rows and columns past the tile's edge are never read or
+//! written: the row count picks a kernel instantiated for it, and column edges use
+//! masked loads and stores.
+
+use super::isa::CpuFeatures;
+use super::packed::{Line, MR, NR, PackedType, bf16_bits, bf16_value};
+
+/// One microkernel call. Pointers are to the tile's first element of each operand.
+pub(crate) struct Tile {
+    /// Rows of the tile, `1..=MR`.
+    pub rows: usize,
+    /// Output columns of the tile, `1..=NR`.
+    pub cols: usize,
+    /// Steps of the block (`k` rows in f32, pairs of them in bf16).
+    pub steps: usize,
+    /// The input as 32-bit words (f32 or a bf16 pair), row stride `lda`.
+    pub a: *const u32,
+    pub lda: usize,
+    /// The panel's lines for this block.
+    pub b: *const Line,
+    /// The output, row stride `ldc`.
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// First block: start from the bias (or zero), not from the output.
+    pub first: bool,
+    /// Last block: apply `quick_gelu` and the residual, in that order.
+    pub last: bool,
+    /// The tile's columns of the bias.
+    pub bias: Option<*const f32>,
+    pub quick_gelu: bool,
+    /// The tile's corner in the residual, row stride `ldc`.
+    pub residual: Option<*const f32>,
+}
+
+/// A microkernel. Safety: every pointer of the tile must address the rows, columns and
+/// steps it names.
+pub(crate) type Kernel = unsafe fn(&Tile);
+
+/// The widest kernel the CPU runs for a number type.
+pub(crate) fn select(ty: PackedType, features: CpuFeatures) -> Kernel {
+    match ty {
+        #[cfg(target_arch = "x86_64")]
+        PackedType::F32 if features.avx512f => avx512::f32_tile,
+        #[cfg(target_arch = "x86_64")]
+        PackedType::Bf16 if features.native_bf16() => avx512::bf16_tile,
+        PackedType::F32 => portable_f32_tile,
+        PackedType::Bf16 => portable_bf16_tile,
+    }
+}
+
+/// One row of f32 as bf16 pairs (`dst` holds `src.len().div_ceil(2)` words).
+pub(crate) fn convert_row_bf16(src: &[f32], dst: &mut [u32], features: CpuFeatures) {
+    assert_eq!(dst.len(), src.len().div_ceil(2), "bf16 row length");
+    let done = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if features.native_bf16() {
+                // SAFETY: the CPU has AVX512_BF16 (checked); lengths checked above.
+                unsafe { avx512::convert_row_bf16(src, dst) }
+            } else {
+                0
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = features;
+            0
+        }
+    };
+    for (i, word) in dst.iter_mut().enumerate().skip(done / 2) {
+        let lo = src.get(2 * i).copied().unwrap_or(0.0);
+        let hi = src.get(2 * i + 1).copied().unwrap_or(0.0);
+        *word = u32::from(bf16_bits(lo)) | (u32::from(bf16_bits(hi)) << 16);
+    }
+}
+
+/// `x * sigmoid(1.702 x)`, as the portable kernels and the element-wise pass compute it.
+#[inline]
+fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + super::fast_exp(-1.702 * x))
+}
+
+/// The portable kernels: plain loops over the same tile, the words decoded by `value`.
+///
+/// # Safety
+/// As [`Kernel`].
+unsafe fn portable_tile(t: &Tile, dot: impl Fn(u32, u32) -> f32) {
+    debug_assert!(t.rows <= MR && t.cols <= NR);
+    for r in 0..t.rows {
+        for j in 0..t.cols {
+            // SAFETY: row r < rows and column j < cols of the tile (the caller's contract).
+            unsafe {
+                let out = t.c.add(r * t.ldc + j);
+                let mut acc = if t.first {
+                    t.bias.map_or(0.0, |b| *b.add(j))
+                } else {
+                    *out
+                };
+                for s in 0..t.steps {
+                    acc += dot(*t.a.add(r * t.lda + s), (*t.b.add(s)).0[j]);
+                }
+                if t.last {
+                    if t.quick_gelu {
+                        acc = quick_gelu(acc);
+                    }
+                    if let Some(res) = t.residual {
+                        acc += *res.add(r * t.ldc + j);
+                    }
+                }
+                *out = acc;
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`Kernel`].
+unsafe fn portable_f32_tile(t: &Tile) {
+    // SAFETY: forwarded.
+    unsafe { portable_tile(t, |a, b| f32::from_bits(a) * f32::from_bits(b)) }
+}
+
+/// # Safety
+/// As [`Kernel`].
+unsafe fn portable_bf16_tile(t: &Tile) {
+    let dot = |a: u32, b: u32| {
+        // Both products exact in f32 (8-bit mantissas), summed as vdpbf16ps does.
+        bf16_value(a as u16) * bf16_value(b as u16)
+            + bf16_value((a >> 16) as u16) * bf16_value((b >> 16) as u16)
+    };
+    // SAFETY: forwarded.
+    unsafe { portable_tile(t, dot) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::packed::{MR, NR};
+    use super::Tile;
+
+    const _: () = assert!(NR == 32, "two 16-lane registers per tile row");
+
+    /// Lane masks of the two registers of a row with `cols` valid columns.
+    #[inline]
+    fn masks(cols: usize) -> (__mmask16, __mmask16) {
+        let lo = if cols >= 16 {
+            0xffff
+        } else {
+            (1u32 << cols) - 1
+        };
+        let hi = if cols >= 32 {
+            0xffff
+        } else if cols > 16 {
+            (1u32 << (cols - 16)) - 1
+        } else {
+            0
+        };
+        (lo as __mmask16, hi as __mmask16)
+    }
+
+    /// `exp(x)` as `fast_exp`: range reduction to `[-ln2/2, ln2/2]`, the same degree-6
+    /// polynomial, and the power of two applied by `vscalefps`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+            _mm512_set1_ps(88.3),
+        );
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.388_525_4e-3);
+        for c in [8.333_452e-3, 4.166_666_8e-2, 1.666_666_7e-1, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, k)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn quick_gelu(x: __m512) -> __m512 {
+        let e = exp(_mm512_mul_ps(x, _mm512_set1_ps(-1.702)));
+        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn dot_f32(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+        _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn dot_bf16(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+        // SAFETY: __m512i and __m512bh are both 64 bytes of plain lanes.
+        let (a, b) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(a),
+                std::mem::transmute::<__m512i, __m512bh>(b),
+            )
+        };
+        _mm512_dpbf16_ps(acc, a, b)
+    }
+
+    /// The kernel for tiles of one row count: each row is `(index, low accumulator, high
+    /// accumulator)`, named variables rather than an array so that every accumulator
+    /// stays in a register (an array indexed in loops is kept in memory, with a store
+    /// after every multiply-add). `dot` accumulates a broadcast input word times a line
+    /// half.
+    macro_rules! tile_kernel {
+        ($name:ident, $features:literal, $dot:ident, [$(($r:literal, $lo:ident, $hi:ident)),+]) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name(t: &Tile) {
+                let (m0, m1) = masks(t.cols);
+                // SAFETY (every pointer access below): rows 0..rows of the tile, steps
+                // 0..t.steps and the masked columns 0..t.cols lie inside the buffers
+                // (the caller's contract); lines are 64-byte aligned.
+                let (init_lo, init_hi) = match (t.first, t.bias) {
+                    (true, Some(bias)) => unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(m0, bias),
+                            _mm512_maskz_loadu_ps(m1, bias.add(16)),
+                        )
+                    },
+                    _ => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+                };
+                $(
+                    let (mut $lo, mut $hi) = if t.first {
+                        (init_lo, init_hi)
+                    } else {
+                        let row = unsafe { t.c.add($r * t.ldc) };
+                        unsafe {
+                            (
+                                _mm512_maskz_loadu_ps(m0, row),
+                                _mm512_maskz_loadu_ps(m1, row.add(16)),
+                            )
+                        }
+                    };
+                )+
+                for s in 0..t.steps {
+                    let line = unsafe { t.b.add(s) }.cast::<__m512i>();
+                    let (b0, b1) =
+                        unsafe { (_mm512_load_si512(line), _mm512_load_si512(line.add(1))) };
+                    $(
+                        let a = _mm512_set1_epi32(unsafe { *t.a.add($r * t.lda + s) } as i32);
+                        $lo = $dot($lo, a, b0);
+                        $hi = $dot($hi, a, b1);
+                    )+
+                }
+                $(
+                    if t.last {
+                        if t.quick_gelu {
+                            $lo = quick_gelu($lo);
+                            $hi = quick_gelu($hi);
+                        }
+                        if let Some(res) = t.residual {
+                            let row = unsafe { res.add($r * t.ldc) };
+                            unsafe {
+                                $lo = _mm512_add_ps($lo, _mm512_maskz_loadu_ps(m0, row));
+                                $hi = _mm512_add_ps($hi, _mm512_maskz_loadu_ps(m1, row.add(16)));
+                            }
+                        }
+                    }
+                    let row = unsafe { t.c.add($r * t.ldc) };
+                    unsafe {
+                        _mm512_mask_storeu_ps(row, m0, $lo);
+                        _mm512_mask_storeu_ps(row.add(16), m1, $hi);
+                    }
+                )+
+            }
+        };
+    }
+
+    tile_kernel!(f32_rows_1, "avx512f", dot_f32, [(0, lo0, hi0)]);
+    tile_kernel!(bf16_rows_1, "avx512f,avx512bf16", dot_bf16, [(0, lo0, hi0)]);
+    tile_kernel!(
+        f32_rows_2,
+        "avx512f",
+        dot_f32,
+        [(0, lo0, hi0), (1, lo1, hi1)]
+    );
+    tile_kernel!(
+        bf16_rows_2,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [(0, lo0, hi0), (1, lo1, hi1)]
+    );
+    tile_kernel!(
+        f32_rows_3,
+        "avx512f",
+        dot_f32,
+        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2)]
+    );
+    tile_kernel!(
+        bf16_rows_3,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2)]
+    );
+    tile_kernel!(
+        f32_rows_4,
+        "avx512f",
+        dot_f32,
+        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2), (3, lo3, hi3)]
+    );
+    tile_kernel!(
+        bf16_rows_4,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2), (3, lo3, hi3)]
+    );
+    tile_kernel!(
+        f32_rows_5,
+        "avx512f",
+        dot_f32,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4)
+        ]
+    );
+    tile_kernel!(
+        bf16_rows_5,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4)
+        ]
+    );
+    tile_kernel!(
+        f32_rows_6,
+        "avx512f",
+        dot_f32,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5)
+        ]
+    );
+    tile_kernel!(
+        bf16_rows_6,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5)
+        ]
+    );
+    tile_kernel!(
+        f32_rows_7,
+        "avx512f",
+        dot_f32,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6)
+        ]
+    );
+    tile_kernel!(
+        bf16_rows_7,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6)
+        ]
+    );
+    tile_kernel!(
+        f32_rows_8,
+        "avx512f",
+        dot_f32,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6),
+            (7, lo7, hi7)
+        ]
+    );
+    tile_kernel!(
+        bf16_rows_8,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6),
+            (7, lo7, hi7)
+        ]
+    );
+    tile_kernel!(
+        f32_rows_9,
+        "avx512f",
+        dot_f32,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6),
+            (7, lo7, hi7),
+            (8, lo8, hi8)
+        ]
+    );
+    tile_kernel!(
+        bf16_rows_9,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6),
+            (7, lo7, hi7),
+            (8, lo8, hi8)
+        ]
+    );
+    tile_kernel!(
+        f32_rows_10,
+        "avx512f",
+        dot_f32,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6),
+            (7, lo7, hi7),
+            (8, lo8, hi8),
+            (9, lo9, hi9)
+        ]
+    );
+    tile_kernel!(
+        bf16_rows_10,
+        "avx512f,avx512bf16",
+        dot_bf16,
+        [
+            (0, lo0, hi0),
+            (1, lo1, hi1),
+            (2, lo2, hi2),
+            (3, lo3, hi3),
+            (4, lo4, hi4),
+            (5, lo5, hi5),
+            (6, lo6, hi6),
+            (7, lo7, hi7),
+            (8, lo8, hi8),
+            (9, lo9, hi9)
+        ]
+    );
+
+    const _: () = assert!(MR == 10, "one kernel per row count 1..=MR");
+
+    /// # Safety
+    /// As `Kernel`, on a CPU with AVX-512F.
+    pub(super) unsafe fn f32_tile(t: &Tile) {
+        // SAFETY: the caller's contract, and the CPU feature (checked by `select`).
+        unsafe {
+            match t.rows {
+                1 => f32_rows_1(t),
+                2 => f32_rows_2(t),
+                3 => f32_rows_3(t),
+                4 => f32_rows_4(t),
+                5 => f32_rows_5(t),
+                6 => f32_rows_6(t),
+                7 => f32_rows_7(t),
+                8 => f32_rows_8(t),
+                9 => f32_rows_9(t),
+                10 => f32_rows_10(t),
+                _ => unreachable!("tile rows are 1..=MR"),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As `Kernel`, on a CPU with AVX-512F and AVX512_BF16.
+    pub(super) unsafe fn bf16_tile(t: &Tile) {
+        // SAFETY: the caller's contract, and the CPU features (checked by `select`).
+        unsafe {
+            match t.rows {
+                1 => bf16_rows_1(t),
+                2 => bf16_rows_2(t),
+                3 => bf16_rows_3(t),
+                4 => bf16_rows_4(t),
+                5 => bf16_rows_5(t),
+                6 => bf16_rows_6(t),
+                7 => bf16_rows_7(t),
+                8 => bf16_rows_8(t),
+                9 => bf16_rows_9(t),
+                10 => bf16_rows_10(t),
+                _ => unreachable!("tile rows are 1..=MR"),
+            }
+        }
+    }
+
+    /// Converts whole 32-value chunks of `src` to bf16 pairs in `dst`; returns how many
+    /// values it converted (the caller does the rest).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `dst` holds at least `src.len() / 2` words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert_row_bf16(src: &[f32], dst: &mut [u32]) -> usize {
+        let chunks = src.len() / 32;
+        for c in 0..chunks {
+            // SAFETY: values 32c..32c + 32 of src and words 16c..16c + 16 of dst exist.
+            unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(32 * c));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(32 * c + 16));
+                let pairs = _mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_storeu_si512(
+                    dst.as_mut_ptr().add(16 * c).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(pairs),
+                );
+            }
+        }
+        chunks * 32
+    }
+}

@@ -1,0 +1,382 @@
+//! Linear layers on weights packed once at load into the microkernels' panel layout.
+//!
+//! The weight `[k, n]` is cut into panels of [`NR`] output columns; inside a panel, each
+//! step along `k` is one 128-byte line of [`NR`] values, so the microkernel reads the
+//! panel front to back with two aligned 64-byte loads per step. In f32 a step is one row
+//! of `k`; in bf16 it is two, stored as pairs (the even row in the low half of each
+//! 32-bit word), which is the operand `vdpbf16ps` multiplies. The input is read in place
+//! (f32) or converted once per call to rows of bf16 pairs; either way it is `[m, steps]`
+//! 32-bit words, broadcast one word at a time.
+//!
+//! The work is blocked as oneDNN and MLAS do it: steps in blocks of at most [`KC`] (a
+//! panel's block stays in L1), rows in blocks of [`MC`] (the input's block stays in L2),
+//! the output columns split across threads (whatever the batch: at batch 1 a linear
+//! layer has only 50 rows). Bias, `quick_gelu` and the residual are applied to the
+//! accumulators before the one store of each output value.
+
+use rayon::prelude::*;
+
+use super::isa::CpuFeatures;
+use super::microkernel::{self, Tile};
+
+/// Output columns per panel: two AVX-512 registers of f32.
+pub(crate) const NR: usize = 32;
+/// Rows per microkernel call (ViT sequences are 50 positions: five calls, no remainder).
+pub(crate) const MR: usize = 10;
+/// Most steps per block: a panel's block is `KC * 128` bytes (32 KiB).
+const KC: usize = 4096;
+/// Rows per block: with `KC` steps of 4 bytes, 120 KiB of input.
+const MC: usize = 12 * MR;
+
+/// The number type of a packed matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedType {
+    /// f32 values, one `k` row per step.
+    F32,
+    /// bf16 pairs, two `k` rows per step; products accumulate in f32.
+    Bf16,
+}
+
+impl PackedType {
+    /// `k` rows per step.
+    fn rows_per_step(self) -> usize {
+        match self {
+            PackedType::F32 => 1,
+            PackedType::Bf16 => 2,
+        }
+    }
+}
+
+/// One step of one panel: `NR` 32-bit words, aligned for whole-line loads.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) [u32; NR]);
+
+/// A `[k, n]` weight in panel layout, zero-padded to whole panels and steps.
+pub(crate) struct PackedMatrix {
+    ty: PackedType,
+    k: usize,
+    n: usize,
+    steps: usize,
+    lines: Vec<Line>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("ty", &self.ty)
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+/// f32 to bf16, rounding to nearest even as `vcvtne2ps2bf16` does; NaN stays NaN.
+#[inline]
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+/// The f32 a bf16 stands for.
+#[inline]
+pub(crate) fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+impl PackedMatrix {
+    /// Packs a row-major `[k, n]` matrix.
+    pub(crate) fn pack(w: &[f32], k: usize, n: usize, ty: PackedType) -> Self {
+        assert_eq!(w.len(), k * n, "weight is not [k, n]");
+        let per = ty.rows_per_step();
+        let steps = k.div_ceil(per);
+        let panels = n.div_ceil(NR);
+        let mut lines = vec![Line([0; NR]); panels * steps];
+        lines
+            .par_chunks_mut(steps)
+            .enumerate()
+            .for_each(|(panel, panel_lines)| {
+                let c0 = panel * NR;
+                let cols = NR.min(n - c0);
+                for (s, line) in panel_lines.iter_mut().enumerate() {
+                    for (j, word) in line.0[..cols].iter_mut().enumerate() {
+                        let at = |row: usize| {
+                            if row < k { w[row * n + c0 + j] } else { 0.0 }
+                        };
+                        *word = match ty {
+                            PackedType::F32 => at(s).to_bits(),
+                            PackedType::Bf16 => {
+                                u32::from(bf16_bits(at(2 * s)))
+                                    | (u32::from(bf16_bits(at(2 * s + 1))) << 16)
+                            }
+                        };
+                    }
+                }
+            });
+        Self {
+            ty,
+            k,
+            n,
+            steps,
+            lines,
+        }
+    }
+
+    /// Rows of the unpacked matrix (the layer's input width).
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the unpacked matrix (the layer's output width).
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// What the store of each output value adds to the product.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Per output column, at least `n` values.
+    pub bias: Option<&'a [f32]>,
+    /// `x * sigmoid(1.702 x)` after the bias.
+    pub quick_gelu: bool,
+    /// `[m, n]`, added last.
+    pub residual: Option<&'a [f32]>,
+}
+
+/// Raw pointers shared by the threads of one matmul; each thread writes its own columns.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: dereferenced only inside `matmul`, whose threads read the shared inputs and
+// write disjoint column ranges of the output while it is borrowed mutably.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// The pointer; a method, so that closures capture the `Send` wrapper whole.
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// `x [m, k] · w + epilogue` into a new row-major `[m, n]`, on the widest kernel
+/// `features` allows for the matrix's type.
+pub(crate) fn matmul(
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    epilogue: Epilogue<'_>,
+    features: CpuFeatures,
+) -> Vec<f32> {
+    let (k, n, steps) = (w.k, w.n, w.steps);
+    assert_eq!(x.len(), m * k, "input is not [m, k]");
+    assert!(epilogue.bias.is_none_or(|b| b.len() >= n), "bias too short");
+    assert!(
+        epilogue.residual.is_none_or(|r| r.len() == m * n),
+        "residual is not [m, n]"
+    );
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    // The input as `[m, steps]` words: in place for f32, as bf16 pairs otherwise.
+    let converted;
+    let a: &[u32] = match w.ty {
+        PackedType::F32 => bytemuck_f32(x),
+        PackedType::Bf16 => {
+            converted = to_bf16_pairs(x, m, k, steps, features);
+            &converted
+        }
+    };
+    let kernel = microkernel::select(w.ty, features);
+    let panels = n.div_ceil(NR);
+    let threads = candle_core::utils::get_num_threads().clamp(1, panels);
+    let per = panels.div_ceil(threads);
+    let dst = Shared(out.as_mut_ptr());
+    (0..threads).into_par_iter().for_each(|t| {
+        let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+        let k_blocks = steps.div_ceil(KC);
+        let kc = steps.div_ceil(k_blocks.max(1));
+        for kb in 0..k_blocks {
+            let (s0, s1) = (kb * kc, ((kb + 1) * kc).min(steps));
+            for r0 in (0..m).step_by(MC) {
+                let r1 = (r0 + MC).min(m);
+                for panel in p0..p1 {
+                    let c0 = panel * NR;
+                    let cols = NR.min(n - c0);
+                    for r in (r0..r1).step_by(MR) {
+                        let rows = MR.min(r1 - r);
+                        let tile = Tile {
+                            rows,
+                            cols,
+                            steps: s1 - s0,
+                            // SAFETY (all pointers): row r < m and step s0 < steps
+                            // address `a` ([m, steps]); panel < panels and s0 < steps
+                            // address `w.lines` ([panels, steps]); row r and column
+                            // c0 < n address the [m, n] output and residual. The kernel
+                            // touches rows r..r + rows, steps s0..s1 and columns
+                            // c0..c0 + cols, all inside those bounds.
+                            a: unsafe { a.as_ptr().add(r * steps + s0) },
+                            lda: steps,
+                            b: unsafe { w.lines.as_ptr().add(panel * steps + s0) },
+                            c: unsafe { dst.get().add(r * n + c0) },
+                            ldc: n,
+                            first: kb == 0,
+                            last: kb + 1 == k_blocks,
+                            bias: epilogue.bias.map(|b| unsafe { b.as_ptr().add(c0) }),
+                            quick_gelu: epilogue.quick_gelu,
+                            residual: epilogue
+                                .residual
+                                .map(|res| unsafe { res.as_ptr().add(r * n + c0) }),
+                        };
+                        // SAFETY: the tile lies inside every buffer (above); this
+                        // thread alone writes columns of panels p0..p1.
+                        unsafe { kernel(&tile) };
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The bits of f32 values, without a copy.
+fn bytemuck_f32(x: &[f32]) -> &[u32] {
+    // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is a
+    // valid u32.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) }
+}
+
+/// `[m, k]` f32 -> `[m, steps]` words of bf16 pairs, the odd tail padded with zero.
+fn to_bf16_pairs(x: &[f32], m: usize, k: usize, steps: usize, features: CpuFeatures) -> Vec<u32> {
+    let mut out = vec![0u32; m * steps];
+    out.par_chunks_mut(steps)
+        .zip(x.par_chunks(k))
+        .for_each(|(dst, src)| microkernel::convert_row_bf16(src, dst, features));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain reference: f64 sums of the products of the values as the packed type
+    /// stores them, then the epilogue.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ty: PackedType,
+        epilogue: Epilogue<'_>,
+    ) -> Vec<f32> {
+        let q = |v: f32| match ty {
+            PackedType::F32 => v,
+            PackedType::Bf16 => bf16_value(bf16_bits(v)),
+        };
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut sum = 0f64;
+                for l in 0..k {
+                    sum += f64::from(q(x[i * k + l])) * f64::from(q(w[l * n + j]));
+                }
+                let mut v = sum as f32 + epilogue.bias.map_or(0.0, |b| b[j]);
+                if epilogue.quick_gelu {
+                    v = (f64::from(v) / (1.0 + (-1.702 * f64::from(v)).exp())) as f32;
+                }
+                out[i * n + j] = v + epilogue.residual.map_or(0.0, |r| r[i * n + j]);
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic and spread over [-1, 1).
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(ty: PackedType, features: CpuFeatures) {
+        // Rows, inner size and columns that are not multiples of MR, of a step pair,
+        // of NR or of KC, next to exact multiples and a K that needs several blocks.
+        let shapes = [
+            (1, 1, 1),
+            (3, 7, 5),
+            (10, 64, 32),
+            (11, 33, 65),
+            (23, 515, 97),
+            (50, 96, 64),
+            (131, 129, 31),
+        ];
+        for (m, k, n) in shapes {
+            let x = values(m * k, (m * 31 + k) as u32);
+            let w = values(k * n, (k * 17 + n) as u32);
+            let bias = values(n, 7);
+            let residual = values(m * n, 9);
+            let packed = PackedMatrix::pack(&w, k, n, ty);
+            for (use_bias, gelu, use_res) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, false, true),
+            ] {
+                let epilogue = Epilogue {
+                    bias: use_bias.then_some(&bias[..]),
+                    quick_gelu: gelu,
+                    residual: use_res.then_some(&residual[..]),
+                };
+                let got = matmul(&x, m, &packed, epilogue, features);
+                let want = reference(&x, &w, m, k, n, ty, epilogue);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    // f32 sums in another order than the f64 reference: a few ulps
+                    // of the sum of magnitudes.
+                    let tol = 2e-6 * (k as f32) + 1e-5;
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{ty:?} {}: {m}x{k}x{n} bias {use_bias} gelu {gelu} residual {use_res} \
+                         at {i}: {g} vs {e}",
+                        features.names(),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn portable_kernels_match_the_reference() {
+        check(PackedType::F32, CpuFeatures::none());
+        check(PackedType::Bf16, CpuFeatures::none());
+    }
+
+    #[test]
+    fn native_kernels_match_the_reference() {
+        let cpu = CpuFeatures::detected();
+        if !cpu.avx512f {
+            eprintln!("no AVX-512 on this CPU: the portable kernels were checked instead");
+        }
+        check(PackedType::F32, cpu);
+        check(PackedType::Bf16, cpu);
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_value(bf16_bits(-2.5)), -2.5);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
+    }
+}
