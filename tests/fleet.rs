@@ -482,6 +482,9 @@ fn brokers_that_die_and_return_cost_no_video() {
         "the video slowed while the brokers were down: {during} frames in 3 s, {before} before"
     );
     let listed = list_streams(&process.address);
+    // The precision dtype=auto chose: bf16 exactly where the CPU has bf16 dot products.
+    let native = cliptag_engine::cliptag_model::CpuFeatures::detected().native_bf16();
+    assert_eq!(listed["cam"]["dtype"], if native { "bf16" } else { "f32" });
     let links = listed["cam"]["brokers"]
         .as_array()
         .expect("brokers")

@@ -7,7 +7,11 @@ every ratio is computed within its round and the tables show the median over rou
 with the range, next to the median figures of each side.
 
     bench_report.py --ours c1.json c2.json --peer t1.json t2.json [--peers p1.json p2.json] \
-        [--element e.json] [--grpc g.json] [--json-out summary.json]
+        [--ours-f32 f1.json f2.json] [--element e.json] [--grpc g.json] [--json-out summary.json]
+
+--ours are cliptag's runs at the precision `auto` picks on this machine (bf16 where the
+CPU has bf16 dot products), with the engine's end-to-end figures; --ours-f32, when auto is
+not f32, the tower alone in f32. Each run is filed under the precision it reports using.
 
 With --peers (tools/bench_peers.py: ONNX Runtime, OpenVINO, PyTorch bf16 on the same
 weights, in the same rounds) the tower is also compared with the best system at each
@@ -64,7 +68,7 @@ def cpu():
     return {"model": model, "flags": [f for f in wanted if f in flags]}
 
 
-def systems(ours, peers, others):
+def systems(ours, peers, others, ours_f32):
     """Per system and batch: median images/s over the rounds, and per precision the best
     peer's name and cliptag's ratio to it within each round."""
     table = {}
@@ -72,7 +76,9 @@ def systems(ours, peers, others):
         for r in results:
             table.setdefault(name, {}).setdefault(r["batch"], {})[round_index] = r["images_per_s"]
     for i, (o, p, q) in enumerate(zip(ours, peers, others)):
-        put("cliptag-f32", i, o["results"])
+        put(f"cliptag-{o.get('dtype', 'f32')}", i, o["results"])
+        if ours_f32:
+            put(f"cliptag-{ours_f32[i].get('dtype', 'f32')}", i, ours_f32[i]["results"])
         put("pytorch-f32", i, p["results"])
         for name, results in q["results"].items():
             put(name, i, results)
@@ -137,6 +143,7 @@ def main() -> int:
     ap.add_argument("--ours", nargs="+", required=True, help="cliptag bench --json, one file per round")
     ap.add_argument("--peer", nargs="+", required=True, help="bench_transformers.py --json, one file per round")
     ap.add_argument("--peers", nargs="+", help="bench_peers.py --json, one file per round")
+    ap.add_argument("--ours-f32", nargs="+", help="cliptag bench --dtype f32 --json, one file per round")
     ap.add_argument("--element", help="the element's figure")
     ap.add_argument("--grpc", help="cliptag bench-grpc --json")
     ap.add_argument("--json-out", help="write every figure and ratio here as one JSON object")
@@ -144,14 +151,20 @@ def main() -> int:
     if len(args.ours) != len(args.peer):
         ap.error("--ours and --peer need one file per round each")
     ours = [json.load(open(p)) for p in args.ours]
+    ours_f32 = [json.load(open(p)) for p in args.ours_f32 or []]
+    if ours_f32 and len(ours_f32) != len(ours):
+        ap.error("--ours-f32 needs one file per round")
     peers = [json.load(open(p)) for p in args.peer]
     peer = peers[0]["engine"]
     rounds = len(ours)
     summary = {"rounds": rounds, "threads": ours[0].get("threads"), "peer": {
         k: peers[0].get(k) for k in ("engine", "torch", "transformers", "attn_implementation")}}
 
-    summary["tower"] = tower(ours, peers)
-    print(f"\nvision tower throughput, images/s (cliptag vs {peer}, {ours[0].get('threads', '?')} threads; "
+    # transformers runs in f32: compare it with cliptag's f32 figures.
+    same_precision = ours_f32 or ours
+    summary["dtype"] = ours[0].get("dtype")
+    summary["tower"] = tower(same_precision, peers)
+    print(f"\nvision tower throughput in f32, images/s (cliptag vs {peer}, {ours[0].get('threads', '?')} threads; "
           f"medians of {rounds} rounds, ratio range in brackets)")
     print(f"{'batch':>6} {'cliptag':>10} {peer:>13} {'ratio':>7}")
     for r in summary["tower"]:
@@ -165,7 +178,7 @@ def main() -> int:
         summary["cpu"] = cpu()
         summary["peer_versions"] = others[0].get("versions")
         summary["relative_error_vs_f32"] = others[0].get("relative_error_vs_f32")
-        medians, best = systems(ours, peers, others)
+        medians, best = systems(ours, peers, others, ours_f32)
         summary["systems"] = medians
         summary["against_best_peer"] = best
         batches = sorted({b for rows in medians.values() for b in rows})

@@ -220,6 +220,7 @@ impl Cliptag for CliptagService {
             .map(|(engine, info)| v1::StreamInfo {
                 label_set_version: engine.labels(&info.label_set).map_or(0, |s| s.version()),
                 model: engine.model().source.clone(),
+                dtype: format!("{:?}", engine.model().network.dtype()).to_lowercase(),
                 stats: Some(convert::stats_to_proto(&info.stats)),
                 health: supervised
                     .remove(&info.id)

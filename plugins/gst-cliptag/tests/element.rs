@@ -286,6 +286,12 @@ fn two_pipelines_with_one_engine_id_batch_together() {
         "no frame of a rode in a batch larger than one: {stats}"
     );
     assert_eq!(stats.get::<u64>("inferred").expect("inferred"), 60);
+    // dtype=auto (the default): bf16 exactly where the CPU has bf16 dot products.
+    let native = cliptag_engine::cliptag_model::CpuFeatures::detected().native_bf16();
+    assert_eq!(
+        stats.get::<String>("dtype").expect("dtype"),
+        if native { "bf16" } else { "f32" }
+    );
     a.set_state(gst::State::Null).expect("null");
     b.set_state(gst::State::Null).expect("null");
 }

@@ -169,6 +169,16 @@ pub fn run(args: Args) -> Result<()> {
     let net = &model.network;
     let s = net.image_size();
     let threads = candle_core::utils::get_num_threads();
+    let dtype = format!("{:?}", net.dtype()).to_lowercase();
+    let cpu = cliptag_model::CpuFeatures::detected().names();
+    let kernel = net.plan().kernel();
+    if !args.json {
+        outln!(
+            "{} on {}, {dtype} ({kernel}; CPU: {cpu}), {threads} threads",
+            model.source,
+            args.model.device
+        )?;
+    }
     let mut results = Vec::new();
     for &batch in &args.batch {
         // Made on the host: random numbers on a GPU would need cuRAND, which only this
@@ -240,7 +250,9 @@ pub fn run(args: Args) -> Result<()> {
             json!({
                 "engine": "cliptag",
                 "device": args.model.device,
-                "dtype": format!("{:?}", net.dtype()).to_lowercase(),
+                "dtype": dtype,
+                "kernel": kernel,
+                "cpu_features": cpu,
                 "threads": threads,
                 "results": results,
                 "preprocessing": preprocessing,

@@ -36,6 +36,7 @@ pub fn run(args: Args) -> Result<()> {
                         "health": health,
                         "id": s.id,
                         "model": s.model,
+                        "dtype": s.dtype,
                         "label_set": s.label_set,
                         "label_set_version": s.label_set_version,
                         "frames_in": stats.frames_in,
@@ -55,9 +56,10 @@ pub fn run(args: Args) -> Result<()> {
                 let brokers: String = s.brokers.iter().map(broker_text).collect();
                 let binding = s.labels_binding.as_ref().map(binding_text).unwrap_or_default();
                 outln!(
-                    "{}{health}  model {}  labels v{}{binding}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms{brokers}",
+                    "{}{health}  model {} ({})  labels v{}{binding}  frames {} inferred {} skipped {} dropped {}  latency p50 {:.1} ms p99 {:.1} ms{brokers}",
                     s.id,
                     s.model,
+                    s.dtype,
                     s.label_set_version,
                     stats.frames_in,
                     stats.inferred,

@@ -173,12 +173,25 @@ impl Cliptag {
             (inference + Duration::from_millis(u64::from(settings.max_latency_ms))).as_nanos()
                 as u64,
         );
+        let network = &engine.model().network;
+        let dtype = format!("{:?}", network.dtype()).to_lowercase();
         gst::info!(
             CAT,
             imp = self,
-            "model {} ready; adds {latency} in sync mode",
-            engine.model().source
+            "model {} ready in {dtype} ({}); adds {latency} in sync mode",
+            engine.model().source,
+            network.plan().kernel()
         );
+        if settings.dtype.trim() == "bf16" && dtype != "bf16" {
+            gst::element_warning!(
+                self.obj(),
+                gst::LibraryError::Settings,
+                [
+                    "dtype=bf16 runs in {dtype} here: this CPU ({}) has no bf16 dot products (AVX512_BF16)",
+                    cliptag_engine::cliptag_model::CpuFeatures::detected().names()
+                ]
+            );
+        }
         let server = settings
             .server_config()
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?
@@ -926,7 +939,11 @@ impl Cliptag {
             b = b
                 .field("label-set-version", version)
                 .field("engine-batches", engine.stats().batches)
-                .field("model", state.model_name.clone());
+                .field("model", state.model_name.clone())
+                .field(
+                    "dtype",
+                    format!("{:?}", engine.model().network.dtype()).to_lowercase(),
+                );
         }
         b.build()
     }

@@ -458,7 +458,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecString::builder("dtype")
             .nick("Precision")
-            .blurb("Precision of the weights and the forward pass: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU); anything else is refused with a warning")
+            .blurb("Precision of the matmuls: f32, f16, bf16, or auto (f16 on a GPU; on the CPU bf16 where it has bf16 dot products (AVX512_BF16), else f32). bf16 on a CPU keeps activations, norms and softmax in f32, and runs as f32 with a warning where the CPU lacks bf16 dot products. The precision used is the stats' dtype field. Anything else is refused with a warning")
             .default_value(Some(DEFAULT_DTYPE))
             .flags(only_null)
             .build(),
@@ -657,7 +657,7 @@ pub static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .nick("Stats")
-            .blurb("Read-only structure cliptag-stats: frames-in, inferred, skipped, dropped, failed, queue-depth, pending, in-flight (frames), latency-p50 and latency-p99 (nanoseconds), label-set-version, engine-batches and batch-sizes (array; index n counts this stream's frames that rode in batches of n), last-error; with brokers nats-/mqtt-published, -dropped (detections) and -connected; with labels-key labels-revision and labels-refused")
+            .blurb("Read-only structure cliptag-stats: frames-in, inferred, skipped, dropped, failed, queue-depth, pending, in-flight (frames), latency-p50 and latency-p99 (nanoseconds), label-set-version, engine-batches, model, dtype (the precision the matmuls run in: f32, bf16 or f16) and batch-sizes (array; index n counts this stream's frames that rode in batches of n), last-error; with brokers nats-/mqtt-published, -dropped (detections) and -connected; with labels-key labels-revision and labels-refused")
             .read_only()
             .build(),
     ]
