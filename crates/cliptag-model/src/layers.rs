@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::LayerNorm;
 
 use crate::config::Activation;
 use crate::error::Result;
@@ -113,12 +112,36 @@ impl Linear {
     }
 }
 
+/// Layer norm over the last dimension: the fused CPU kernel for contiguous f32, candle's
+/// op elsewhere.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    /// The same layer in candle, for what the kernel does not take.
+    generic: candle_nn::LayerNorm,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match kernels::layer_norm(x, &self.weight, &self.bias, self.eps) {
+            Ok(Some(y)) => Ok(y),
+            Ok(None) => self.generic.forward(x),
+            Err(e) => Err(candle_core::Error::Msg(e.to_string())),
+        }
+    }
+}
+
 pub(crate) fn layer_norm(w: &Weights, prefix: &str, size: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(
-        w.get(&format!("{prefix}.weight"), &[size])?,
-        w.get(&format!("{prefix}.bias"), &[size])?,
+    let weight = w.get(&format!("{prefix}.weight"), &[size])?;
+    let bias = w.get(&format!("{prefix}.bias"), &[size])?;
+    Ok(LayerNorm {
+        generic: candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps),
+        weight,
+        bias,
         eps,
-    ))
+    })
 }
 
 fn activate(act: Activation, x: Tensor) -> Result<Tensor> {

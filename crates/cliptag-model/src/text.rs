@@ -2,11 +2,10 @@
 //! the end-of-text token.
 
 use candle_core::{Module, Tensor};
-use candle_nn::LayerNorm;
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{Encoder, EncoderShape, layer_norm};
+use crate::layers::{Encoder, EncoderShape, LayerNorm, layer_norm};
 use crate::profile::stage;
 use crate::weights::Weights;
 

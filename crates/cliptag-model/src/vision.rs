@@ -1,11 +1,10 @@
 //! The vision tower: patch embedding, class token, pre-norm, encoder, pooled class token.
 
 use candle_core::{Module, Tensor};
-use candle_nn::LayerNorm;
 
 use crate::config::VisionConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{Encoder, EncoderShape, Linear, layer_norm};
+use crate::layers::{Encoder, EncoderShape, LayerNorm, Linear, layer_norm};
 use crate::profile::stage;
 use crate::weights::Weights;
 

@@ -3,6 +3,9 @@
 
 use std::sync::OnceLock;
 
+/// The environment variable that caps the kernels' instruction sets.
+pub const MAX_ISA_VARIABLE: &str = "CLIPTAG_MAX_CPU_ISA";
+
 /// The instruction-set extensions the kernels can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CpuFeatures {
@@ -16,10 +19,30 @@ pub struct CpuFeatures {
 }
 
 impl CpuFeatures {
-    /// The features of this machine's CPU (detected once, then cached).
+    /// The features of this machine's CPU (detected once, then cached), less those the
+    /// environment variable `CLIPTAG_MAX_CPU_ISA` turns off: `portable` (no AVX-512 at
+    /// all) or `avx512` (no bf16 dot products), to compare kernels or to run the
+    /// fallback paths on a CPU that does not need them.
     pub fn detected() -> Self {
         static DETECTED: OnceLock<CpuFeatures> = OnceLock::new();
-        *DETECTED.get_or_init(detect)
+        *DETECTED.get_or_init(|| {
+            let cap = std::env::var(MAX_ISA_VARIABLE).unwrap_or_default();
+            detect().capped(&cap)
+        })
+    }
+
+    /// These features less those above `cap` (`portable`, `avx512`; anything else
+    /// leaves them as they are).
+    pub fn capped(self, cap: &str) -> Self {
+        match cap.trim() {
+            "portable" => Self::none(),
+            "avx512" => Self {
+                avx512_bf16: false,
+                amx_bf16: false,
+                ..self
+            },
+            _ => self,
+        }
     }
 
     /// No extension at all: what the portable code paths assume.
@@ -84,4 +107,26 @@ fn amx_bf16_usable() -> bool {
     // SAFETY: XGETBV is available when the OS has set CR4.OSXSAVE (checked above).
     let xcr0 = unsafe { std::arch::x86_64::_xgetbv(0) };
     xcr0 & (0b11 << 17) == 0b11 << 17
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_only_take_features_away() {
+        let all = CpuFeatures {
+            avx512f: true,
+            avx512_bf16: true,
+            amx_bf16: true,
+        };
+        assert_eq!(all.capped("portable"), CpuFeatures::none());
+        let avx512 = all.capped("avx512");
+        assert!(avx512.avx512f && !avx512.native_bf16() && !avx512.amx_bf16);
+        assert_eq!(all.capped(""), all);
+        assert_eq!(all.capped("anything"), all);
+        assert_eq!(CpuFeatures::none().capped("avx512"), CpuFeatures::none());
+        assert_eq!(all.names(), "avx512f avx512_bf16 amx_bf16");
+        assert_eq!(CpuFeatures::none().names(), "no AVX-512");
+    }
 }

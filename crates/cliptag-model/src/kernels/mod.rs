@@ -392,6 +392,15 @@ pub(crate) fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Opti
         return Ok(None);
     }
     let hd = d / heads;
+    let features = CpuFeatures::detected();
+    if features.avx512f {
+        let out = {
+            let (storage, layout) = qkv.storage_and_layout();
+            let src = cpu_f32(&storage, layout)?;
+            attention_packed(src, b, t, d, heads, causal, features)
+        };
+        return Ok(Some(Tensor::from_vec(out, (b, t, d), qkv.device())?));
+    }
     let mut out = vec![0f32; b * t * d];
     {
         let (storage, layout) = qkv.storage_and_layout();
@@ -433,7 +442,7 @@ pub(crate) fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Opti
                         false,
                         gemm::Parallelism::None,
                     );
-                    softmax_rows(scores, t, causal);
+                    softmax_rows(scores, t, causal, CpuFeatures::none());
                     gemm::gemm(
                         t,
                         hd,
@@ -462,13 +471,152 @@ pub(crate) fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Opti
     Ok(Some(Tensor::from_vec(out, (b, t, d), qkv.device())?))
 }
 
+/// Layer norm over the last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`
+/// with mean and variance in f32, rows spread over the threads. `None` when the fast
+/// path does not apply (not contiguous f32 on the CPU): candle's op does it then. At
+/// batch 1 candle's op took 44 us for a 50 x 768 input, 4% of the vision tower.
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    if !fast_path(&[x, weight, bias]) {
+        return Ok(None);
+    }
+    let d = x.dim(candle_core::D::Minus1)?;
+    if weight.elem_count() != d || bias.elem_count() != d || d == 0 {
+        return Ok(None);
+    }
+    let out = {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (bs, bl) = bias.storage_and_layout();
+        let (xs, ws, bs) = (cpu_f32(&xs, xl)?, cpu_f32(&ws, wl)?, cpu_f32(&bs, bl)?);
+        let mut out = vec![0f32; xs.len()];
+        let per_task = (CHUNK / d).max(1) * d;
+        out.par_chunks_mut(per_task)
+            .zip(xs.par_chunks(per_task))
+            .for_each(|(out, xs)| {
+                for (out, row) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                    norm_row(row, ws, bs, eps as f32, out);
+                }
+            });
+        out
+    };
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+/// Sum of a row in 16 lanes (so that it vectorizes), then across them.
+#[inline]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn norm_row(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let d = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / d;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / d;
+    let scale = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+        *o = (v - mean) * scale * w + b;
+    }
+}
+
+/// [`attention`] on the AVX-512 microkernels: per (sequence, head), the keys packed as
+/// the transposed right-hand side of `Q K^T` and the values as that of `P V`, both read
+/// from the fused projection; the query and the probabilities are read in place.
+fn attention_packed(
+    src: &[f32],
+    b: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    causal: bool,
+    features: CpuFeatures,
+) -> Vec<f32> {
+    let hd = d / heads;
+    let row = 3 * d;
+    assert!(src.len() == b * t * row, "qkv is not [b, t, 3d]");
+    let mut out = vec![0f32; b * t * d];
+    let dst_ptr = SendPtr(out.as_mut_ptr());
+    struct Scratch {
+        scores: Vec<f32>,
+        keys: Vec<packed::Line>,
+        values: Vec<packed::Line>,
+    }
+    let scratch = || Scratch {
+        scores: vec![0f32; t * t],
+        keys: Vec::new(),
+        values: Vec::new(),
+    };
+    let one = |s: &mut Scratch, item: usize| {
+        let (bi, hi) = (item / heads, item % heads);
+        let seq = &src[bi * t * row..(bi + 1) * t * row];
+        let q0 = hi * hd;
+        let (k0, v0) = (d + q0, 2 * d + q0);
+        // K^T [hd, t] and V [t, hd].
+        packed::pack_f32_transposed(&mut s.keys, hd, t, |j| {
+            &seq[j * row + k0..j * row + k0 + hd]
+        });
+        packed::pack_f32_rows(&mut s.values, t, hd, |j| {
+            &seq[j * row + v0..j * row + v0 + hd]
+        });
+        let dst = dst_ptr;
+        // SAFETY: the query block (t rows of stride 3d, hd values from column q0)
+        // lies in `seq`; `scores` is t x t; the packed operands were sized for these
+        // shapes just above. The output block (rows of sequence bi, columns
+        // q0..q0 + hd, stride d) lies in `out` and is written by this item only.
+        unsafe {
+            packed::gemm_f32(
+                seq.as_ptr().add(q0),
+                row,
+                t,
+                &s.keys,
+                hd,
+                t,
+                s.scores.as_mut_ptr(),
+                t,
+                features,
+            );
+            softmax_rows(&mut s.scores, t, causal, features);
+            packed::gemm_f32(
+                s.scores.as_ptr(),
+                t,
+                t,
+                &s.values,
+                t,
+                hd,
+                dst.0.add(bi * t * d + q0),
+                d,
+                features,
+            );
+        }
+    };
+    (0..b * heads)
+        .into_par_iter()
+        .for_each_init(scratch, |s, item| one(s, item));
+    out
+}
+
 /// Softmax of each row of a `t x t` matrix in place; with `causal`, row `i` only over
 /// columns `0..=i` and zero after (the masked scores never enter the sum).
-fn softmax_rows(scores: &mut [f32], t: usize, causal: bool) {
+fn softmax_rows(scores: &mut [f32], t: usize, causal: bool, features: CpuFeatures) {
     for (i, row) in scores.chunks_exact_mut(t).enumerate() {
         let live = if causal { i + 1 } else { t };
         let (row, masked) = row.split_at_mut(live);
         masked.fill(0.0);
+        if microkernel::softmax_row(row, features) {
+            continue;
+        }
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for v in row.iter_mut() {
@@ -633,6 +781,32 @@ mod tests {
         let got = add(a.copy()?, &b)?;
         assert_eq!(got.to_vec2::<f32>()?, (&a + &b)?.to_vec2::<f32>()?);
         Ok(())
+    }
+
+    #[test]
+    fn vector_softmax_matches_the_scalar_one() {
+        let cpu = CpuFeatures::detected();
+        for t in [1, 15, 16, 17, 50, 77] {
+            for causal in [false, true] {
+                let scores: Vec<f32> = (0..t * t)
+                    .map(|i| ((i * 37) % 101) as f32 * 0.13 - 6.0)
+                    .collect();
+                let mut plain = scores.clone();
+                let mut fast = scores;
+                softmax_rows(&mut plain, t, causal, CpuFeatures::none());
+                softmax_rows(&mut fast, t, causal, cpu);
+                for (i, (p, f)) in plain.iter().zip(&fast).enumerate() {
+                    assert!(
+                        (p - f).abs() <= 1e-6,
+                        "t {t} causal {causal} at {i}: {p} vs {f}"
+                    );
+                }
+                for row in plain.chunks(t) {
+                    let sum: f32 = row.iter().sum();
+                    assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! (f32) or converted once per call to rows of bf16 pairs; either way it is `[m, steps]`
 //! 32-bit words, broadcast one word at a time.
 //!
-//! The work is blocked as oneDNN and MLAS do it: steps in blocks of at most [`KC`] (a
-//! panel's block stays in L1), rows in blocks of [`MC`] (the input's block stays in L2),
-//! the output columns split across threads (whatever the batch: at batch 1 a linear
-//! layer has only 50 rows). Bias, `quick_gelu` and the residual are applied to the
-//! accumulators before the one store of each output value.
+//! The work is blocked as oneDNN and MLAS do it: rows in blocks of [`MC`] (the input's
+//! block stays in L2 while every panel passes over it), each panel's lines reused by
+//! every tile of the block, the output columns split across threads (whatever the batch:
+//! at batch 1 a linear layer has only 50 rows). Bias, `quick_gelu` and the residual are
+//! applied to the accumulators before the one store of each output value.
 
 use rayon::prelude::*;
 
@@ -23,9 +23,7 @@ use super::microkernel::{self, Tile};
 pub(crate) const NR: usize = 32;
 /// Rows per microkernel call (ViT sequences are 50 positions: five calls, no remainder).
 pub(crate) const MR: usize = 10;
-/// Most steps per block: a panel's block is `KC * 128` bytes (32 KiB).
-const KC: usize = 4096;
-/// Rows per block: with `KC` steps of 4 bytes, 120 KiB of input.
+/// Rows per block: 120 rows of ViT-B/32's 768-wide input are 180 KiB in bf16.
 const MC: usize = 12 * MR;
 
 /// The number type of a packed matrix.
@@ -199,49 +197,168 @@ pub(crate) fn matmul(
     let dst = Shared(out.as_mut_ptr());
     (0..threads).into_par_iter().for_each(|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-        let k_blocks = steps.div_ceil(KC);
-        let kc = steps.div_ceil(k_blocks.max(1));
-        for kb in 0..k_blocks {
-            let (s0, s1) = (kb * kc, ((kb + 1) * kc).min(steps));
-            for r0 in (0..m).step_by(MC) {
-                let r1 = (r0 + MC).min(m);
-                for panel in p0..p1 {
-                    let c0 = panel * NR;
-                    let cols = NR.min(n - c0);
-                    for r in (r0..r1).step_by(MR) {
-                        let rows = MR.min(r1 - r);
-                        let tile = Tile {
-                            rows,
-                            cols,
-                            steps: s1 - s0,
-                            // SAFETY (all pointers): row r < m and step s0 < steps
-                            // address `a` ([m, steps]); panel < panels and s0 < steps
-                            // address `w.lines` ([panels, steps]); row r and column
-                            // c0 < n address the [m, n] output and residual. The kernel
-                            // touches rows r..r + rows, steps s0..s1 and columns
-                            // c0..c0 + cols, all inside those bounds.
-                            a: unsafe { a.as_ptr().add(r * steps + s0) },
-                            lda: steps,
-                            b: unsafe { w.lines.as_ptr().add(panel * steps + s0) },
-                            c: unsafe { dst.get().add(r * n + c0) },
-                            ldc: n,
-                            first: kb == 0,
-                            last: kb + 1 == k_blocks,
-                            bias: epilogue.bias.map(|b| unsafe { b.as_ptr().add(c0) }),
-                            quick_gelu: epilogue.quick_gelu,
-                            residual: epilogue
-                                .residual
-                                .map(|res| unsafe { res.as_ptr().add(r * n + c0) }),
-                        };
-                        // SAFETY: the tile lies inside every buffer (above); this
-                        // thread alone writes columns of panels p0..p1.
-                        unsafe { kernel(&tile) };
-                    }
-                }
+        for r0 in (0..m).step_by(MC) {
+            let r1 = (r0 + MC).min(m);
+            // SAFETY: rows r0..r1 < m of `a` ([m, steps]) and of the [m, n] output and
+            // residual, panels p0..p1 < panels of `w`; this thread alone writes the
+            // columns of panels p0..p1.
+            unsafe {
+                run_tiles(
+                    kernel,
+                    a.as_ptr().add(r0 * steps),
+                    steps,
+                    r1 - r0,
+                    w.lines.as_ptr(),
+                    steps,
+                    p0..p1,
+                    n,
+                    dst.get().add(r0 * n),
+                    n,
+                    epilogue.bias,
+                    epilogue.quick_gelu,
+                    epilogue.residual.map(|res| res.as_ptr().add(r0 * n)),
+                );
             }
         }
     });
     out
+}
+
+/// Every tile of `rows` rows and the panels `panels` of a packed matrix with `steps`
+/// steps: panel by panel, so that a panel's lines stay in cache while the rows' tiles
+/// pass over them; each tile runs all the steps, so each output value is stored once
+/// (splitting the steps into blocks made every block load and store the output again,
+/// which cost more at batch 32 than the panel's lines missing L1).
+///
+/// # Safety
+/// `a` addresses `rows` rows of `steps` words with row stride `lda`; `lines` the
+/// `[panels, steps]` lines of the matrix; `c` (and `residual`) `rows` rows with row
+/// stride `ldc` and the columns of `panels` (below `n`); `bias` at least `n` values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tiles(
+    kernel: microkernel::Kernel,
+    a: *const u32,
+    lda: usize,
+    rows: usize,
+    lines: *const Line,
+    steps: usize,
+    panels: std::ops::Range<usize>,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    bias: Option<&[f32]>,
+    quick_gelu: bool,
+    residual: Option<*const f32>,
+) {
+    for panel in panels {
+        let c0 = panel * NR;
+        let cols = NR.min(n - c0);
+        for r in (0..rows).step_by(MR) {
+            // SAFETY: row r < rows, column c0 < n and the panel's lines are inside the
+            // buffers (the caller's contract); the kernel stays within the tile.
+            unsafe {
+                let tile = Tile {
+                    rows: MR.min(rows - r),
+                    cols,
+                    steps,
+                    a: a.add(r * lda),
+                    lda,
+                    b: lines.add(panel * steps),
+                    c: c.add(r * ldc + c0),
+                    ldc,
+                    bias: bias.map(|b| b.as_ptr().add(c0)),
+                    quick_gelu,
+                    residual: residual.map(|res| res.add(r * ldc + c0)),
+                };
+                kernel(&tile);
+            }
+        }
+    }
+}
+
+/// Lines for a small `[k, n]` f32 matrix whose row `i` is `row(i)` (`n` values), into a
+/// reused buffer: attention's values, packed per sequence and head.
+pub(crate) fn pack_f32_rows<'a>(
+    lines: &mut Vec<Line>,
+    k: usize,
+    n: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    let panels = n.div_ceil(NR);
+    lines.clear();
+    lines.resize(panels * k, Line([0; NR]));
+    for i in 0..k {
+        let values = &row(i)[..n];
+        for (panel, chunk) in values.chunks(NR).enumerate() {
+            for (word, &v) in lines[panel * k + i].0.iter_mut().zip(chunk) {
+                *word = v.to_bits();
+            }
+        }
+    }
+}
+
+/// Lines for a small `[k, n]` f32 matrix given transposed: column `j` is `column(j)`
+/// (`k` values), as attention's keys are for `Q K^T`. Reads each column once, in order,
+/// and scatters it over `k` lines that stay in L1 (gathering each line from `NR`
+/// columns instead took longer than the two matmuls).
+pub(crate) fn pack_f32_transposed<'a>(
+    lines: &mut Vec<Line>,
+    k: usize,
+    n: usize,
+    column: impl Fn(usize) -> &'a [f32],
+) {
+    let panels = n.div_ceil(NR);
+    lines.clear();
+    lines.resize(panels * k, Line([0; NR]));
+    for j in 0..n {
+        let (panel, lane) = (j / NR, j % NR);
+        let panel_lines = &mut lines[panel * k..(panel + 1) * k];
+        for (line, &v) in panel_lines.iter_mut().zip(&column(j)[..k]) {
+            line.0[lane] = v.to_bits();
+        }
+    }
+}
+
+/// `c = a · b` in f32 on the calling thread: `a` is `m` rows of `k` values with row
+/// stride `lda`, `b` a `[k, n]` matrix packed by [`pack_f32_rows`] or
+/// [`pack_f32_transposed`], `c` `m` rows with
+/// row stride `ldc` of which the first `n` columns are written.
+///
+/// # Safety
+/// `a` addresses `m` rows of `k` values at stride `lda`, `c` `m` rows of `n` values at
+/// stride `ldc`, and `lines` holds `n.div_ceil(NR) * k` lines.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_f32(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    lines: &[Line],
+    k: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    features: CpuFeatures,
+) {
+    let panels = n.div_ceil(NR);
+    assert!(lines.len() >= panels * k, "packed operand too short");
+    // SAFETY: the caller's contract.
+    unsafe {
+        run_tiles(
+            microkernel::select(PackedType::F32, features),
+            a.cast::<u32>(),
+            lda,
+            m,
+            lines.as_ptr(),
+            k,
+            0..panels,
+            n,
+            c,
+            ldc,
+            None,
+            false,
+            None,
+        );
+    }
 }
 
 /// The bits of f32 values, without a copy.
