@@ -273,60 +273,29 @@ mod avx512 {
         };
     }
 
-    tile_kernel!(f32_rows_1, "avx512f", dot_f32, [(0, lo0, hi0)]);
-    tile_kernel!(bf16_rows_1, "avx512f,avx512bf16", dot_bf16, [(0, lo0, hi0)]);
-    tile_kernel!(
-        f32_rows_2,
-        "avx512f",
-        dot_f32,
-        [(0, lo0, hi0), (1, lo1, hi1)]
-    );
-    tile_kernel!(
-        bf16_rows_2,
-        "avx512f,avx512bf16",
-        dot_bf16,
-        [(0, lo0, hi0), (1, lo1, hi1)]
-    );
-    tile_kernel!(
+    /// The f32 and the bf16 kernel of one row count.
+    macro_rules! tile_kernels {
+        ($f32:ident, $bf16:ident, $rows:tt) => {
+            tile_kernel!($f32, "avx512f", dot_f32, $rows);
+            tile_kernel!($bf16, "avx512f,avx512bf16", dot_bf16, $rows);
+        };
+    }
+
+    tile_kernels!(f32_rows_1, bf16_rows_1, [(0, lo0, hi0)]);
+    tile_kernels!(f32_rows_2, bf16_rows_2, [(0, lo0, hi0), (1, lo1, hi1)]);
+    tile_kernels!(
         f32_rows_3,
-        "avx512f",
-        dot_f32,
-        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2)]
-    );
-    tile_kernel!(
         bf16_rows_3,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2)]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_4,
-        "avx512f",
-        dot_f32,
-        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2), (3, lo3, hi3)]
-    );
-    tile_kernel!(
         bf16_rows_4,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2), (3, lo3, hi3)]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_5,
-        "avx512f",
-        dot_f32,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4)
-        ]
-    );
-    tile_kernel!(
         bf16_rows_5,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [
             (0, lo0, hi0),
             (1, lo1, hi1),
@@ -335,23 +304,9 @@ mod avx512 {
             (4, lo4, hi4)
         ]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_6,
-        "avx512f",
-        dot_f32,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5)
-        ]
-    );
-    tile_kernel!(
         bf16_rows_6,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [
             (0, lo0, hi0),
             (1, lo1, hi1),
@@ -361,24 +316,9 @@ mod avx512 {
             (5, lo5, hi5)
         ]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_7,
-        "avx512f",
-        dot_f32,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6)
-        ]
-    );
-    tile_kernel!(
         bf16_rows_7,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [
             (0, lo0, hi0),
             (1, lo1, hi1),
@@ -389,25 +329,9 @@ mod avx512 {
             (6, lo6, hi6)
         ]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_8,
-        "avx512f",
-        dot_f32,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6),
-            (7, lo7, hi7)
-        ]
-    );
-    tile_kernel!(
         bf16_rows_8,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [
             (0, lo0, hi0),
             (1, lo1, hi1),
@@ -419,26 +343,9 @@ mod avx512 {
             (7, lo7, hi7)
         ]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_9,
-        "avx512f",
-        dot_f32,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6),
-            (7, lo7, hi7),
-            (8, lo8, hi8)
-        ]
-    );
-    tile_kernel!(
         bf16_rows_9,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [
             (0, lo0, hi0),
             (1, lo1, hi1),
@@ -451,27 +358,9 @@ mod avx512 {
             (8, lo8, hi8)
         ]
     );
-    tile_kernel!(
+    tile_kernels!(
         f32_rows_10,
-        "avx512f",
-        dot_f32,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6),
-            (7, lo7, hi7),
-            (8, lo8, hi8),
-            (9, lo9, hi9)
-        ]
-    );
-    tile_kernel!(
         bf16_rows_10,
-        "avx512f,avx512bf16",
-        dot_bf16,
         [
             (0, lo0, hi0),
             (1, lo1, hi1),

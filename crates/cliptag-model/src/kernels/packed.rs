@@ -177,24 +177,54 @@ pub(crate) fn matmul(
         epilogue.residual.is_none_or(|r| r.len() == m * n),
         "residual is not [m, n]"
     );
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
+    // Not zeroed first: the tiles store every value once, and zeroing a buffer that
+    // comes back from the heap (the usual case, see `heap`) is a pass over all of it.
+    let out: Vec<f32> = Vec::with_capacity(m * n);
     // The input as `[m, steps]` words: in place for f32, as bf16 pairs otherwise.
-    let converted;
-    let a: &[u32] = match w.ty {
-        PackedType::F32 => bytemuck_f32(x),
-        PackedType::Bf16 => {
-            converted = to_bf16_pairs(x, m, k, steps, features);
-            &converted
-        }
-    };
+    match w.ty {
+        PackedType::F32 => run(bytemuck_f32(x), m, w, epilogue, features, out),
+        PackedType::Bf16 => PAIRS.with(|pairs| match pairs.try_borrow_mut() {
+            Ok(mut pairs) => {
+                let a = to_bf16_pairs(x, m, k, steps, features, &mut pairs);
+                run(a, m, w, epilogue, features, out)
+            }
+            // Only if a matmul ran inside another on this thread: a buffer of its own.
+            Err(_) => {
+                let mut pairs = Vec::new();
+                let a = to_bf16_pairs(x, m, k, steps, features, &mut pairs);
+                run(a, m, w, epilogue, features, out)
+            }
+        }),
+    }
+}
+
+thread_local! {
+    /// The bf16 pairs of the inputs of this thread's matmuls: kept between calls (at the
+    /// largest input's size, 10 MB for a 32-image ViT-B/32 batch) so that no call
+    /// allocates or zeroes it again.
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`matmul`] on its input as `[m, steps]` words, into `out` (allocated, not
+/// initialized).
+fn run(
+    a: &[u32],
+    m: usize,
+    w: &PackedMatrix,
+    epilogue: Epilogue<'_>,
+    features: CpuFeatures,
+    mut out: Vec<f32>,
+) -> Vec<f32> {
+    let (n, steps) = (w.n, w.steps);
+    assert!(a.len() >= m * steps && out.capacity() >= m * n);
     let kernel = microkernel::select(w.ty, features);
     let panels = n.div_ceil(NR);
     let threads = candle_core::utils::get_num_threads().clamp(1, panels);
     let per = panels.div_ceil(threads);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = Shared(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     (0..threads).into_par_iter().for_each(|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
         for r0 in (0..m).step_by(MC) {
@@ -221,6 +251,10 @@ pub(crate) fn matmul(
             }
         }
     });
+    // SAFETY: the threads' panel ranges cover columns 0..n and each thread's row blocks
+    // rows 0..m, and every tile stores all of its rows and columns: all m * n values are
+    // initialized.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -368,9 +402,22 @@ fn bytemuck_f32(x: &[f32]) -> &[u32] {
     unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) }
 }
 
-/// `[m, k]` f32 -> `[m, steps]` words of bf16 pairs, the odd tail padded with zero.
-fn to_bf16_pairs(x: &[f32], m: usize, k: usize, steps: usize, features: CpuFeatures) -> Vec<u32> {
-    let mut out = vec![0u32; m * steps];
+/// `[m, k]` f32 -> `[m, steps]` words of bf16 pairs (the odd tail padded with zero) in
+/// the front of `buffer`, which only grows: a smaller call leaves the rest as it is, so
+/// that a larger one later does not zero it again.
+fn to_bf16_pairs<'a>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    steps: usize,
+    features: CpuFeatures,
+    buffer: &'a mut Vec<u32>,
+) -> &'a [u32] {
+    if buffer.len() < m * steps {
+        buffer.resize(m * steps, 0);
+    }
+    let out = &mut buffer[..m * steps];
+    // Every word is written here.
     out.par_chunks_mut(steps)
         .zip(x.par_chunks(k))
         .for_each(|(dst, src)| microkernel::convert_row_bf16(src, dst, features));
