@@ -28,7 +28,8 @@ pub struct TuningArgs {
     /// Longest a frame waits for its batch to fill, in milliseconds [element: 20].
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub max_latency: Option<u32>,
-    /// Precision: f32, f16, bf16, or auto (f16 on a GPU, f32 on the CPU) [element: auto].
+    /// Precision: f32, f16, bf16, or auto (f16 on a GPU; on the CPU bf16 where it has bf16
+    /// dot products, f32 elsewhere) [element: auto].
     #[arg(long, value_parser = ["auto", "f32", "f16", "bf16"])]
     pub dtype: Option<String>,
     /// Weight of the past in the moving average of scores, 0 (off) to 0.99 [element: 0].

@@ -30,7 +30,8 @@ pub struct EngineConfig {
     pub model: Option<PathBuf>,
     /// `cpu`, `cuda:N` or `auto`.
     pub device: String,
-    /// `f32`, `f16`, `bf16` or `auto` (f16 on a GPU, f32 on the CPU).
+    /// `f32`, `f16`, `bf16` or `auto` (f16 on a GPU; on the CPU bf16 where it has bf16 dot
+    /// products, f32 elsewhere).
     pub dtype: String,
     /// Most frames per forward pass.
     pub max_batch: usize,
