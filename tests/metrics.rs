@@ -93,10 +93,18 @@ fn promtool_accepts_the_metrics_and_the_counters_move() {
         "every inferred frame is in the latency histogram"
     );
     assert!(value(&later, &format!("cliptag_stream_label_set_version{stream}")) >= 1.0);
+    // dtype=auto: the precision it chose, bf16 exactly where the CPU has bf16 dot products.
+    let dtype = if cliptag_engine::cliptag_model::CpuFeatures::detected().native_bf16() {
+        "bf16"
+    } else {
+        "f32"
+    };
     assert_eq!(
         value(
             &later,
-            r#"cliptag_engine_info{engine="0",model="cliptag-tiny (bundled)",device="cpu",dtype="f32"}"#
+            &format!(
+                r#"cliptag_engine_info{{engine="0",model="cliptag-tiny (bundled)",device="cpu",dtype="{dtype}"}}"#
+            )
         ),
         1.0
     );

@@ -1,13 +1,15 @@
-//! Fused CPU kernels for f32, where candle's generic ops leave most of the time on the
-//! table: every other device and type goes through candle.
+//! CPU kernels, where candle's generic ops leave most of the time on the table; every
+//! other device and type goes through candle.
 //!
-//! - linear layers: one matmul that accumulates onto the bias, with the output columns
-//!   split across threads when there are few rows (batch 1), which the matmul library's
-//!   own threading handles poorly;
-//! - attention: read out of the fused QKV projection in place, one single-threaded job
-//!   per (sequence, head), instead of split, transpose and merge copies;
-//! - `quick_gelu` and residual adds in place: as three generic ops (scale, sigmoid,
-//!   multiply) `quick_gelu` alone took longer than the MLP's two matmuls in ViT-B/32.
+//! - linear layers on weights packed once at load (`packed`, `microkernel`): AVX-512 f32
+//!   and AVX512_BF16 register tiles with bias, `quick_gelu` and the residual applied in
+//!   the store, chosen at run time (`isa`); without AVX-512, one `gemm` call that
+//!   accumulates onto the bias, with the output columns split across threads at batch 1;
+//! - attention read out of the fused QKV projection in place, one job per (sequence,
+//!   head), instead of split, transpose and merge copies;
+//! - layer norm in one pass per row, `quick_gelu` and residual adds in place (as three
+//!   generic ops, scale, sigmoid and multiply, `quick_gelu` alone took longer than the
+//!   MLP's two matmuls in ViT-B/32).
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Tensor};
 use rayon::prelude::*;
