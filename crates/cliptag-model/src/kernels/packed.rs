@@ -473,7 +473,7 @@ mod tests {
 
     fn check(ty: PackedType, features: CpuFeatures) {
         // Rows, inner size and columns that are not multiples of MR, of a step pair,
-        // of NR or of KC, next to exact multiples and a K that needs several blocks.
+        // or of NR, next to exact multiples, and more rows than one block (MC).
         let shapes = [
             (1, 1, 1),
             (3, 7, 5),
