@@ -118,8 +118,9 @@ impl Weights {
         weights
     }
 
-    /// Plans as if the CPU had only `features`: to compare kernels, or to run the
-    /// fallback paths on a CPU that does not need them.
+    /// Plans the weights as if the CPU had only `features` (how they are held and which
+    /// linear-layer kernels they feed): to compare those kernels. The other kernels follow
+    /// the CPU itself; `CLIPTAG_MAX_CPU_ISA` caps them all.
     pub fn with_cpu_features(mut self, features: CpuFeatures) -> Self {
         self.plan = MatmulPlan::new(self.requested, &self.device, features);
         self.log_fallback(features);

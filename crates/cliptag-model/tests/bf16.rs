@@ -272,9 +272,11 @@ fn auto_and_bf16_follow_the_cpu() {
 
 #[test]
 fn the_fallback_without_avx512_gives_the_packed_kernels_numbers() {
-    // The bundled model three ways: this CPU's plan in f32, f32 as a CPU without
-    // AVX-512 runs it (no packing: the generic matmul), and bf16 asked for on that CPU
-    // (which falls back to the same f32).
+    // The bundled model three ways: this CPU's plan in f32, f32 planned as for a CPU
+    // without AVX-512 (no packing: the linear layers on the generic matmul), and bf16
+    // asked for on that CPU (which falls back to the same f32). Attention and the other
+    // kernels follow the CPU itself; `./x test` runs this file again with
+    // CLIPTAG_MAX_CPU_ISA=portable for the whole fallback path.
     let weights = || {
         Weights::from_static(
             Path::new("cliptag-tiny"),

@@ -151,22 +151,20 @@ mod avx512 {
 
     const _: () = assert!(NR == 32, "two 16-lane registers per tile row");
 
+    /// Lanes of the register that starts `left` values before the end of a row.
+    #[inline]
+    fn tail_mask(left: usize) -> __mmask16 {
+        if left >= 16 {
+            0xffff
+        } else {
+            ((1u32 << left) - 1) as __mmask16
+        }
+    }
+
     /// Lane masks of the two registers of a row with `cols` valid columns.
     #[inline]
     fn masks(cols: usize) -> (__mmask16, __mmask16) {
-        let lo = if cols >= 16 {
-            0xffff
-        } else {
-            (1u32 << cols) - 1
-        };
-        let hi = if cols >= 32 {
-            0xffff
-        } else if cols > 16 {
-            (1u32 << (cols - 16)) - 1
-        } else {
-            0
-        };
-        (lo as __mmask16, hi as __mmask16)
+        (tail_mask(cols), tail_mask(cols.saturating_sub(16)))
     }
 
     /// `exp(x)` as `fast_exp`: range reduction to `[-ln2/2, ln2/2]`, the same degree-6
@@ -273,161 +271,58 @@ mod avx512 {
         };
     }
 
-    /// The f32 and the bf16 kernel of one row count.
+    /// The f32 and the bf16 kernel of every row count, and the dispatch on a tile's rows.
+    /// Each entry adds one row to those before it, so the kernel for `count` rows gets
+    /// rows `0..count` and the row list is written once.
     macro_rules! tile_kernels {
-        ($f32:ident, $bf16:ident, $rows:tt) => {
-            tile_kernel!($f32, "avx512f", dot_f32, $rows);
-            tile_kernel!($bf16, "avx512f,avx512bf16", dot_bf16, $rows);
+        ($([$count:literal, $f32:ident, $bf16:ident, $row:tt]),+) => {
+            tile_kernels!(@each [] $([$f32, $bf16, $row])+);
+
+            /// # Safety
+            /// As `Kernel`, on a CPU with AVX-512F.
+            pub(super) unsafe fn f32_tile(t: &Tile) {
+                // SAFETY: the caller's contract, and the CPU feature (checked by `select`).
+                unsafe {
+                    match t.rows {
+                        $($count => $f32(t),)+
+                        _ => unreachable!("tile rows are 1..=MR"),
+                    }
+                }
+            }
+
+            /// # Safety
+            /// As `Kernel`, on a CPU with AVX-512F and AVX512_BF16.
+            pub(super) unsafe fn bf16_tile(t: &Tile) {
+                // SAFETY: the caller's contract, and the CPU features (checked by `select`).
+                unsafe {
+                    match t.rows {
+                        $($count => $bf16(t),)+
+                        _ => unreachable!("tile rows are 1..=MR"),
+                    }
+                }
+            }
+        };
+        (@each [$($done:tt),*]) => {};
+        (@each [$($done:tt),*] [$f32:ident, $bf16:ident, $row:tt] $($rest:tt)*) => {
+            tile_kernel!($f32, "avx512f", dot_f32, [$($done,)* $row]);
+            tile_kernel!($bf16, "avx512f,avx512bf16", dot_bf16, [$($done,)* $row]);
+            tile_kernels!(@each [$($done,)* $row] $($rest)*);
         };
     }
 
-    tile_kernels!(f32_rows_1, bf16_rows_1, [(0, lo0, hi0)]);
-    tile_kernels!(f32_rows_2, bf16_rows_2, [(0, lo0, hi0), (1, lo1, hi1)]);
-    tile_kernels!(
-        f32_rows_3,
-        bf16_rows_3,
-        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2)]
-    );
-    tile_kernels!(
-        f32_rows_4,
-        bf16_rows_4,
-        [(0, lo0, hi0), (1, lo1, hi1), (2, lo2, hi2), (3, lo3, hi3)]
-    );
-    tile_kernels!(
-        f32_rows_5,
-        bf16_rows_5,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4)
-        ]
-    );
-    tile_kernels!(
-        f32_rows_6,
-        bf16_rows_6,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5)
-        ]
-    );
-    tile_kernels!(
-        f32_rows_7,
-        bf16_rows_7,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6)
-        ]
-    );
-    tile_kernels!(
-        f32_rows_8,
-        bf16_rows_8,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6),
-            (7, lo7, hi7)
-        ]
-    );
-    tile_kernels!(
-        f32_rows_9,
-        bf16_rows_9,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6),
-            (7, lo7, hi7),
-            (8, lo8, hi8)
-        ]
-    );
-    tile_kernels!(
-        f32_rows_10,
-        bf16_rows_10,
-        [
-            (0, lo0, hi0),
-            (1, lo1, hi1),
-            (2, lo2, hi2),
-            (3, lo3, hi3),
-            (4, lo4, hi4),
-            (5, lo5, hi5),
-            (6, lo6, hi6),
-            (7, lo7, hi7),
-            (8, lo8, hi8),
-            (9, lo9, hi9)
-        ]
-    );
-
     const _: () = assert!(MR == 10, "one kernel per row count 1..=MR");
-
-    /// # Safety
-    /// As `Kernel`, on a CPU with AVX-512F.
-    pub(super) unsafe fn f32_tile(t: &Tile) {
-        // SAFETY: the caller's contract, and the CPU feature (checked by `select`).
-        unsafe {
-            match t.rows {
-                1 => f32_rows_1(t),
-                2 => f32_rows_2(t),
-                3 => f32_rows_3(t),
-                4 => f32_rows_4(t),
-                5 => f32_rows_5(t),
-                6 => f32_rows_6(t),
-                7 => f32_rows_7(t),
-                8 => f32_rows_8(t),
-                9 => f32_rows_9(t),
-                10 => f32_rows_10(t),
-                _ => unreachable!("tile rows are 1..=MR"),
-            }
-        }
-    }
-
-    /// # Safety
-    /// As `Kernel`, on a CPU with AVX-512F and AVX512_BF16.
-    pub(super) unsafe fn bf16_tile(t: &Tile) {
-        // SAFETY: the caller's contract, and the CPU features (checked by `select`).
-        unsafe {
-            match t.rows {
-                1 => bf16_rows_1(t),
-                2 => bf16_rows_2(t),
-                3 => bf16_rows_3(t),
-                4 => bf16_rows_4(t),
-                5 => bf16_rows_5(t),
-                6 => bf16_rows_6(t),
-                7 => bf16_rows_7(t),
-                8 => bf16_rows_8(t),
-                9 => bf16_rows_9(t),
-                10 => bf16_rows_10(t),
-                _ => unreachable!("tile rows are 1..=MR"),
-            }
-        }
-    }
-
-    /// Lanes of the register that starts `left` values before the end of a row.
-    #[inline]
-    fn tail_mask(left: usize) -> __mmask16 {
-        if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as __mmask16
-        }
-    }
+    tile_kernels!(
+        [1, f32_rows_1, bf16_rows_1, (0, lo0, hi0)],
+        [2, f32_rows_2, bf16_rows_2, (1, lo1, hi1)],
+        [3, f32_rows_3, bf16_rows_3, (2, lo2, hi2)],
+        [4, f32_rows_4, bf16_rows_4, (3, lo3, hi3)],
+        [5, f32_rows_5, bf16_rows_5, (4, lo4, hi4)],
+        [6, f32_rows_6, bf16_rows_6, (5, lo5, hi5)],
+        [7, f32_rows_7, bf16_rows_7, (6, lo6, hi6)],
+        [8, f32_rows_8, bf16_rows_8, (7, lo7, hi7)],
+        [9, f32_rows_9, bf16_rows_9, (8, lo8, hi8)],
+        [10, f32_rows_10, bf16_rows_10, (9, lo9, hi9)]
+    );
 
     /// Softmax of one row in place, 16 values at a time.
     ///

@@ -165,14 +165,22 @@ impl InplaceOp1 for QuickGeluInPlace {
 /// at batch 1, where each linear layer has 50 rows).
 const ROWS_PER_THREAD_FOR_COLUMN_SPLIT: usize = 128;
 
-/// Raw pointers handed to the threads of one matmul; each thread writes a disjoint set
-/// of output columns.
+/// Raw pointers handed to the threads of one kernel call; each thread writes a disjoint
+/// part of the output (its columns, or its sequence and head).
 #[derive(Clone, Copy)]
 struct SendPtr<T>(T);
-// SAFETY: the pointers are only dereferenced inside `matmul_bias`, whose threads read
-// shared inputs and write disjoint column ranges of the output while it is borrowed.
+// SAFETY: the pointers are only dereferenced inside the kernel calls that made them,
+// whose threads read shared inputs and write disjoint parts of an output that stays
+// borrowed until they are done.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T: Copy> SendPtr<T> {
+    /// The pointer; a method, so that closures capture the `Send` wrapper whole.
+    fn get(self) -> T {
+        self.0
+    }
+}
 
 /// `x [m, k] · w [k, n] (+ bias [n])`, row-major f32, into a new `[m, n]` buffer. The bias
 /// is written first and the product accumulated onto it, so the bias costs no extra pass.
@@ -573,7 +581,6 @@ fn attention_packed(
         packed::pack_f32_rows(&mut s.values, t, hd, |j| {
             &seq[j * row + v0..j * row + v0 + hd]
         });
-        let dst = dst_ptr;
         // SAFETY: the query block (t rows of stride 3d, hd values from column q0)
         // lies in `seq`; `scores` is t x t; the packed operands were sized for these
         // shapes just above. The output block (rows of sequence bi, columns
@@ -598,7 +605,7 @@ fn attention_packed(
                 &s.values,
                 t,
                 hd,
-                dst.0.add(bi * t * d + q0),
+                dst_ptr.get().add(bi * t * d + q0),
                 d,
                 features,
             );

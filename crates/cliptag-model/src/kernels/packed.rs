@@ -16,6 +16,7 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
 use super::isa::CpuFeatures;
 use super::microkernel::{self, Tile};
 
@@ -146,21 +147,6 @@ pub(crate) struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
-/// Raw pointers shared by the threads of one matmul; each thread writes its own columns.
-#[derive(Clone, Copy)]
-struct Shared<T>(T);
-// SAFETY: dereferenced only inside `matmul`, whose threads read the shared inputs and
-// write disjoint column ranges of the output while it is borrowed mutably.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T: Copy> Shared<T> {
-    /// The pointer; a method, so that closures capture the `Send` wrapper whole.
-    fn get(self) -> T {
-        self.0
-    }
-}
-
 /// `x [m, k] · w + epilogue` into a new row-major `[m, n]`, on the widest kernel
 /// `features` allows for the matrix's type.
 pub(crate) fn matmul(
@@ -224,7 +210,7 @@ fn run(
     let panels = n.div_ceil(NR);
     let threads = candle_core::utils::get_num_threads().clamp(1, panels);
     let per = panels.div_ceil(threads);
-    let dst = Shared(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let dst = SendPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     (0..threads).into_par_iter().for_each(|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
         for r0 in (0..m).step_by(MC) {
