@@ -13,16 +13,16 @@ pub struct CpuFeatures {
     pub avx512f: bool,
     /// AVX512_BF16: `vdpbf16ps`, pairs of bf16 products accumulated into f32.
     pub avx512_bf16: bool,
-    /// AMX-BF16 tiles. Detected and reported; the bf16 matmuls still run on
-    /// AVX512_BF16, which every CPU with AMX-BF16 also has.
+    /// AMX-BF16 tiles, with the kernel's permission to use them: the bf16 linear
+    /// layers run on `tdpbf16ps` (16 x 16 x 32 products an instruction).
     pub amx_bf16: bool,
 }
 
 impl CpuFeatures {
     /// The features of this machine's CPU (detected once, then cached), less those the
     /// environment variable `CLIPTAG_MAX_CPU_ISA` turns off: `portable` (no AVX-512 at
-    /// all) or `avx512` (no bf16 dot products), to compare kernels or to run the
-    /// fallback paths on a CPU that does not need them.
+    /// all), `avx512` (no bf16 dot products) or `avx512_bf16` (no AMX tiles), to compare
+    /// kernels or to run the fallback paths on a CPU that does not need them.
     pub fn detected() -> Self {
         static DETECTED: OnceLock<CpuFeatures> = OnceLock::new();
         *DETECTED.get_or_init(|| {
@@ -31,13 +31,17 @@ impl CpuFeatures {
         })
     }
 
-    /// These features less those above `cap` (`portable`, `avx512`; anything else
-    /// leaves them as they are).
+    /// These features less those above `cap` (`portable`, `avx512`, `avx512_bf16`;
+    /// anything else leaves them as they are).
     pub fn capped(self, cap: &str) -> Self {
         match cap.trim() {
             "portable" => Self::none(),
             "avx512" => Self {
                 avx512_bf16: false,
+                amx_bf16: false,
+                ..self
+            },
+            "avx512_bf16" => Self {
                 amx_bf16: false,
                 ..self
             },
@@ -57,6 +61,12 @@ impl CpuFeatures {
     /// Whether bf16 matmuls run natively (bf16 dot products into f32).
     pub fn native_bf16(&self) -> bool {
         self.avx512f && self.avx512_bf16
+    }
+
+    /// Whether bf16 linear layers run on AMX tiles (the epilogue and the conversions
+    /// around them use AVX-512, which every CPU with AMX has).
+    pub fn amx_tiles(&self) -> bool {
+        self.native_bf16() && self.amx_bf16
     }
 
     /// The extensions, as `lscpu` names them, for logs and reports.
@@ -92,9 +102,37 @@ fn detect() -> CpuFeatures {
 }
 
 /// AMX-BF16 in CPUID (leaf 7, EDX bit 22) with the tile state enabled by the OS
-/// (XCR0 bits 17 and 18). The standard library's detection of it is not stable yet.
+/// (XCR0 bits 17 and 18) and granted to this process. The standard library's detection
+/// of it is not stable yet.
 #[cfg(target_arch = "x86_64")]
 fn amx_bf16_usable() -> bool {
+    amx_bf16_enabled() && tile_data_permitted()
+}
+
+/// Linux hands out the tile registers' 8 KiB of state only to processes that ask (once,
+/// for all their threads); without it the first tile instruction raises SIGILL.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn tile_data_permitted() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this request only reads its integer argument.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+/// Other systems: no tiles (their permission model is not handled).
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn tile_data_permitted() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn amx_bf16_enabled() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     if __cpuid(0).eax < 7 {
         return false;
@@ -123,6 +161,9 @@ mod tests {
         assert_eq!(all.capped("portable"), CpuFeatures::none());
         let avx512 = all.capped("avx512");
         assert!(avx512.avx512f && !avx512.native_bf16() && !avx512.amx_bf16);
+        let bf16 = all.capped("avx512_bf16");
+        assert!(bf16.native_bf16() && !bf16.amx_tiles());
+        assert!(all.amx_tiles());
         assert_eq!(all.capped(""), all);
         assert_eq!(all.capped("anything"), all);
         assert_eq!(CpuFeatures::none().capped("avx512"), CpuFeatures::none());

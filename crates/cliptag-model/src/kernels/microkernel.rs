@@ -3,8 +3,9 @@
 //!
 //! Each tile has an AVX-512 kernel (f32 fused multiply-adds; bf16 pairs through
 //! `vdpbf16ps`) and a portable one with the same meaning, which is also what runs on CPUs
-//! without the extension. Rows and columns past the tile's edge are never read or
-//! written: the row count picks a kernel instantiated for it, and column edges use
+//! without the extension; bf16 has a third on AMX tiles (`amx`), with larger tiles.
+//! Rows and columns past the tile's edge are never written, and in the register kernels
+//! never read: the row count picks a kernel instantiated for it, and column edges use
 //! masked loads and stores.
 
 use super::isa::CpuFeatures;
@@ -12,7 +13,7 @@ use super::packed::{Line, MR, NR, PackedType, bf16_bits, bf16_value};
 
 /// One microkernel call. Pointers are to the tile's first element of each operand.
 pub(crate) struct Tile {
-    /// Rows of the tile, `1..=MR`.
+    /// Rows of the tile, from 1 to the kernel's [`Microkernel::rows`].
     pub rows: usize,
     /// Output columns of the tile, `1..=NR`.
     pub cols: usize,
@@ -38,16 +39,63 @@ pub(crate) struct Tile {
 /// steps it names.
 pub(crate) type Kernel = unsafe fn(&Tile);
 
+/// A kernel and the shape of the work it takes.
+#[derive(Clone, Copy)]
+pub(crate) struct Microkernel {
+    pub run: Kernel,
+    /// Rows of one call.
+    pub rows: usize,
+    /// Rows of the input's block that stays in L2 while every panel passes over it.
+    pub block_rows: usize,
+    /// Runs on AMX tiles: the thread configures them first, and the input has whole
+    /// tiles of rows and steps (see `amx`).
+    pub tiles: bool,
+}
+
+impl Microkernel {
+    /// A register-tile kernel: [`MR`] rows a call, blocks of 120 rows (of ViT-B/32's
+    /// 768-wide input, 180 KiB in bf16).
+    const fn registers(run: Kernel) -> Self {
+        Self {
+            run,
+            rows: MR,
+            block_rows: 12 * MR,
+            tiles: false,
+        }
+    }
+}
+
 /// The widest kernel the CPU runs for a number type.
-pub(crate) fn select(ty: PackedType, features: CpuFeatures) -> Kernel {
+pub(crate) fn select(ty: PackedType, features: CpuFeatures) -> Microkernel {
     match ty {
         #[cfg(target_arch = "x86_64")]
-        PackedType::F32 if features.avx512f => avx512::f32_tile,
+        PackedType::F32 if features.avx512f => Microkernel::registers(avx512::f32_tile),
         #[cfg(target_arch = "x86_64")]
-        PackedType::Bf16 if features.native_bf16() => avx512::bf16_tile,
-        PackedType::F32 => portable_f32_tile,
-        PackedType::Bf16 => portable_bf16_tile,
+        PackedType::Bf16 if features.amx_tiles() => Microkernel {
+            run: super::amx::bf16_tile,
+            rows: super::amx::MR,
+            // Four calls: 128 rows, 192 KiB of a 768-wide input.
+            block_rows: 4 * super::amx::MR,
+            tiles: true,
+        },
+        #[cfg(target_arch = "x86_64")]
+        PackedType::Bf16 if features.native_bf16() => Microkernel::registers(avx512::bf16_tile),
+        PackedType::F32 => Microkernel::registers(portable_f32_tile),
+        PackedType::Bf16 => Microkernel::registers(portable_bf16_tile),
     }
+}
+
+/// The epilogue of a kernel that leaves its sums in memory: row-major, `ld` apart, bias
+/// not yet added. Adds the bias, applies `quick_gelu` and the residual as the tile asks,
+/// and stores the tile's rows and columns.
+///
+/// # Safety
+/// As [`Kernel`] for the output; `sums` addresses `t.rows` rows of `t.cols` values at
+/// stride `ld`; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn store_sums(t: &Tile, sums: *const f32, ld: usize) {
+    // SAFETY: forwarded.
+    unsafe { avx512::store_sums(t, sums, ld) }
 }
 
 /// One row of f32 as bf16 pairs (`dst` holds `src.len().div_ceil(2)` words).
@@ -269,6 +317,51 @@ mod avx512 {
                 )+
             }
         };
+    }
+
+    /// See `super::store_sums`.
+    ///
+    /// # Safety
+    /// As `super::store_sums`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_sums(t: &Tile, sums: *const f32, ld: usize) {
+        let (m0, m1) = masks(t.cols);
+        // SAFETY (every access): rows 0..t.rows and the masked columns 0..t.cols of the
+        // sums, the bias, the residual and the output (the caller's contract).
+        let (bias_lo, bias_hi) = match t.bias {
+            Some(bias) => unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m0, bias),
+                    _mm512_maskz_loadu_ps(m1, bias.add(16)),
+                )
+            },
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        for r in 0..t.rows {
+            let row = unsafe { sums.add(r * ld) };
+            let (mut lo, mut hi) = unsafe {
+                (
+                    _mm512_add_ps(bias_lo, _mm512_maskz_loadu_ps(m0, row)),
+                    _mm512_add_ps(bias_hi, _mm512_maskz_loadu_ps(m1, row.add(16))),
+                )
+            };
+            if t.quick_gelu {
+                lo = quick_gelu(lo);
+                hi = quick_gelu(hi);
+            }
+            if let Some(res) = t.residual {
+                let res = unsafe { res.add(r * t.ldc) };
+                unsafe {
+                    lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, res));
+                    hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, res.add(16)));
+                }
+            }
+            let out = unsafe { t.c.add(r * t.ldc) };
+            unsafe {
+                _mm512_mask_storeu_ps(out, m0, lo);
+                _mm512_mask_storeu_ps(out.add(16), m1, hi);
+            }
+        }
     }
 
     /// The f32 and the bf16 kernel of every row count, and the dispatch on a tile's rows.

@@ -2,8 +2,9 @@
 //! other device and type goes through candle.
 //!
 //! - linear layers on weights packed once at load (`packed`, `microkernel`): AVX-512 f32
-//!   and AVX512_BF16 register tiles with bias, `quick_gelu` and the residual applied in
-//!   the store, chosen at run time (`isa`); without AVX-512, one `gemm` call that
+//!   and AVX512_BF16 register tiles, or AMX tiles for bf16 (`amx`), with bias,
+//!   `quick_gelu` and the residual applied in the store, chosen at run time (`isa`);
+//!   without AVX-512, one `gemm` call that
 //!   accumulates onto the bias, with the output columns split across threads at batch 1;
 //! - attention read out of the fused QKV projection in place, one job per (sequence,
 //!   head), instead of split, transpose and merge copies;
@@ -16,6 +17,8 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod heap;
 pub mod isa;
 mod microkernel;
@@ -93,9 +96,13 @@ impl MatmulPlan {
         })
     }
 
-    /// The kernel the CPU matmuls run on, for reports.
+    /// The kernel the CPU matmuls run on (on this CPU, see [`CpuFeatures::detected`]),
+    /// for reports.
     pub fn kernel(&self) -> &'static str {
         match self.packed {
+            Some(PackedType::Bf16) if CpuFeatures::detected().amx_tiles() => {
+                "amx_bf16 (tdpbf16ps tiles), packed weights"
+            }
             Some(PackedType::Bf16) => "avx512_bf16 (vdpbf16ps), packed weights",
             Some(PackedType::F32) => "avx512f, packed weights",
             None => "candle (gemm on the CPU)",

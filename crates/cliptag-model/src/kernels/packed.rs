@@ -4,28 +4,41 @@
 //! step along `k` is one 128-byte line of [`NR`] values, so the microkernel reads the
 //! panel front to back with two aligned 64-byte loads per step. In f32 a step is one row
 //! of `k`; in bf16 it is two, stored as pairs (the even row in the low half of each
-//! 32-bit word), which is the operand `vdpbf16ps` multiplies. The input is read in place
-//! (f32) or converted once per call to rows of bf16 pairs; either way it is `[m, steps]`
-//! 32-bit words, broadcast one word at a time.
+//! 32-bit word), which is the operand `vdpbf16ps` multiplies and, 16 steps at a time,
+//! an AMX weight tile; bf16 matrices are zero-padded to a multiple of 16 steps for those
+//! tiles. The input is read in place (f32) or converted once per call to rows of bf16
+//! pairs; either way it is `[m, steps]` 32-bit words, broadcast one word at a time (or
+//! loaded 16 rows by 16 words as a tile).
 //!
-//! The work is blocked as oneDNN and MLAS do it: rows in blocks of [`MC`] (the input's
-//! block stays in L2 while every panel passes over it), each panel's lines reused by
-//! every tile of the block, the output columns split across threads (whatever the batch:
-//! at batch 1 a linear layer has only 50 rows). Bias, `quick_gelu` and the residual are
+//! The work is blocked as oneDNN and MLAS do it: rows in blocks of 120 (128 on AMX; the
+//! input's block stays in L2 while every panel passes over it), each panel's lines reused
+//! by every tile of the block, each block's output columns split into a few jobs per
+//! thread (whatever the batch: at batch 1 a linear layer has only 50 rows). Bias, `quick_gelu` and the residual are
 //! applied to the accumulators before the one store of each output value.
 
 use rayon::prelude::*;
 
 use super::SendPtr;
 use super::isa::CpuFeatures;
-use super::microkernel::{self, Tile};
+use super::microkernel::{self, Microkernel, Tile};
 
 /// Output columns per panel: two AVX-512 registers of f32.
 pub(crate) const NR: usize = 32;
-/// Rows per microkernel call (ViT sequences are 50 positions: five calls, no remainder).
+/// Rows per register-tile call (ViT sequences are 50 positions: five calls, no
+/// remainder).
 pub(crate) const MR: usize = 10;
-/// Rows per block: 120 rows of ViT-B/32's 768-wide input are 180 KiB in bf16.
-const MC: usize = 12 * MR;
+/// Jobs a thread of a matmul's row block: measured on a 2-core VM whose cores ran at
+/// different speeds from minute to minute, 4 beat 1 and 2 by 5 to 20% at batch 32.
+const JOBS_PER_THREAD: usize = 4;
+/// bf16 matrices have a multiple of this many steps: whole AMX tiles.
+const BF16_STEPS: usize = 16;
+/// bf16 inputs for AMX have a multiple of this many rows: whole AMX tiles.
+#[cfg(target_arch = "x86_64")]
+const TILE_ROWS: usize = super::amx::ROWS;
+#[cfg(not(target_arch = "x86_64"))]
+const TILE_ROWS: usize = 1;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(BF16_STEPS.is_multiple_of(super::amx::STEPS));
 
 /// The number type of a packed matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +50,11 @@ pub enum PackedType {
 }
 
 impl PackedType {
-    /// `k` rows per step.
-    fn rows_per_step(self) -> usize {
+    /// Steps of a matrix with `k` rows.
+    fn steps(self, k: usize) -> usize {
         match self {
-            PackedType::F32 => 1,
-            PackedType::Bf16 => 2,
+            PackedType::F32 => k,
+            PackedType::Bf16 => k.div_ceil(2).next_multiple_of(BF16_STEPS),
         }
     }
 }
@@ -91,8 +104,7 @@ impl PackedMatrix {
     /// Packs a row-major `[k, n]` matrix.
     pub(crate) fn pack(w: &[f32], k: usize, n: usize, ty: PackedType) -> Self {
         assert_eq!(w.len(), k * n, "weight is not [k, n]");
-        let per = ty.rows_per_step();
-        let steps = k.div_ceil(per);
+        let steps = ty.steps(k);
         let panels = n.div_ceil(NR);
         let mut lines = vec![Line([0; NR]); panels * steps];
         lines
@@ -169,21 +181,30 @@ pub(crate) fn matmul(
     // Not zeroed first: the tiles store every value once, and zeroing a buffer that
     // comes back from the heap (the usual case, see `heap`) is a pass over all of it.
     let out: Vec<f32> = Vec::with_capacity(m * n);
-    // The input as `[m, steps]` words: in place for f32, as bf16 pairs otherwise.
+    let kernel = microkernel::select(w.ty, features);
+    // The input as `[m, steps]` words: in place for f32, as bf16 pairs otherwise (with
+    // whole tiles of rows for AMX).
     match w.ty {
-        PackedType::F32 => run(bytemuck_f32(x), m, w, epilogue, features, out),
-        PackedType::Bf16 => PAIRS.with(|pairs| match pairs.try_borrow_mut() {
-            Ok(mut pairs) => {
-                let a = to_bf16_pairs(x, m, k, steps, features, &mut pairs);
-                run(a, m, w, epilogue, features, out)
-            }
-            // Only if a matmul ran inside another on this thread: a buffer of its own.
-            Err(_) => {
-                let mut pairs = Vec::new();
-                let a = to_bf16_pairs(x, m, k, steps, features, &mut pairs);
-                run(a, m, w, epilogue, features, out)
-            }
-        }),
+        PackedType::F32 => run(bytemuck_f32(x), m, w, epilogue, kernel, out),
+        PackedType::Bf16 => {
+            let rows = if kernel.tiles {
+                m.next_multiple_of(TILE_ROWS)
+            } else {
+                m
+            };
+            PAIRS.with(|pairs| match pairs.try_borrow_mut() {
+                Ok(mut pairs) => {
+                    let a = to_bf16_pairs(x, m, rows, k, steps, features, &mut pairs);
+                    run(a, m, w, epilogue, kernel, out)
+                }
+                // Only if a matmul ran inside another on this thread: a buffer of its own.
+                Err(_) => {
+                    let mut pairs = Vec::new();
+                    let a = to_bf16_pairs(x, m, rows, k, steps, features, &mut pairs);
+                    run(a, m, w, epilogue, kernel, out)
+                }
+            })
+        }
     }
 }
 
@@ -194,30 +215,41 @@ thread_local! {
     static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`matmul`] on its input as `[m, steps]` words, into `out` (allocated, not
-/// initialized).
+/// [`matmul`] on its input as `[m, steps]` words (whole tiles of rows for a tile
+/// kernel), into `out` (allocated, not initialized).
 fn run(
     a: &[u32],
     m: usize,
     w: &PackedMatrix,
     epilogue: Epilogue<'_>,
-    features: CpuFeatures,
+    kernel: Microkernel,
     mut out: Vec<f32>,
 ) -> Vec<f32> {
     let (n, steps) = (w.n, w.steps);
-    assert!(a.len() >= m * steps && out.capacity() >= m * n);
-    let kernel = microkernel::select(w.ty, features);
+    let rows = if kernel.tiles {
+        m.next_multiple_of(TILE_ROWS)
+    } else {
+        m
+    };
+    assert!(a.len() >= rows * steps && out.capacity() >= m * n);
     let panels = n.div_ceil(NR);
     let threads = candle_core::utils::get_num_threads().clamp(1, panels);
-    let per = panels.div_ceil(threads);
+    // Several jobs a thread, taken as threads come free: a core slowed by a busy sibling
+    // or another tenant's load does less of the work instead of holding the others up.
+    let jobs = (threads * JOBS_PER_THREAD).min(panels);
+    let per = panels.div_ceil(jobs);
     let dst = SendPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    (0..threads).into_par_iter().for_each(|t| {
-        let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-        for r0 in (0..m).step_by(MC) {
-            let r1 = (r0 + MC).min(m);
+    // Row block by row block, so that every job of a block finds its rows in cache.
+    for r0 in (0..m).step_by(kernel.block_rows) {
+        let r1 = (r0 + kernel.block_rows).min(m);
+        (0..panels.div_ceil(per)).into_par_iter().for_each(|job| {
+            let (p0, p1) = (job * per, ((job + 1) * per).min(panels));
+            // SAFETY: `select` picks a tile kernel only where the CPU can run it.
+            #[cfg(target_arch = "x86_64")]
+            let _tiles = kernel.tiles.then(|| unsafe { super::amx::configure() });
             // SAFETY: rows r0..r1 < m of `a` ([m, steps]) and of the [m, n] output and
-            // residual, panels p0..p1 < panels of `w`; this thread alone writes the
-            // columns of panels p0..p1.
+            // residual, panels p0..p1 < panels of `w`; this job alone writes the columns
+            // of panels p0..p1 in these rows.
             unsafe {
                 run_tiles(
                     kernel,
@@ -235,8 +267,8 @@ fn run(
                     epilogue.residual.map(|res| res.as_ptr().add(r0 * n)),
                 );
             }
-        }
-    });
+        });
+    }
     // SAFETY: the threads' panel ranges cover columns 0..n and each thread's row blocks
     // rows 0..m, and every tile stores all of its rows and columns: all m * n values are
     // initialized.
@@ -256,7 +288,7 @@ fn run(
 /// stride `ldc` and the columns of `panels` (below `n`); `bias` at least `n` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_tiles(
-    kernel: microkernel::Kernel,
+    kernel: Microkernel,
     a: *const u32,
     lda: usize,
     rows: usize,
@@ -273,12 +305,12 @@ unsafe fn run_tiles(
     for panel in panels {
         let c0 = panel * NR;
         let cols = NR.min(n - c0);
-        for r in (0..rows).step_by(MR) {
+        for r in (0..rows).step_by(kernel.rows) {
             // SAFETY: row r < rows, column c0 < n and the panel's lines are inside the
             // buffers (the caller's contract); the kernel stays within the tile.
             unsafe {
                 let tile = Tile {
-                    rows: MR.min(rows - r),
+                    rows: kernel.rows.min(rows - r),
                     cols,
                     steps,
                     a: a.add(r * lda),
@@ -290,7 +322,7 @@ unsafe fn run_tiles(
                     quick_gelu,
                     residual: residual.map(|res| res.add(r * ldc + c0)),
                 };
-                kernel(&tile);
+                (kernel.run)(&tile);
             }
         }
     }
@@ -388,26 +420,33 @@ fn bytemuck_f32(x: &[f32]) -> &[u32] {
     unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) }
 }
 
-/// `[m, k]` f32 -> `[m, steps]` words of bf16 pairs (the odd tail padded with zero) in
-/// the front of `buffer`, which only grows: a smaller call leaves the rest as it is, so
-/// that a larger one later does not zero it again.
+/// `[m, k]` f32 -> `[m, steps]` words of bf16 pairs (zero past `k`) in the front of
+/// `buffer`, which holds at least `rows >= m` rows after: the rows past `m` are left as
+/// they are (a tile kernel reads them and drops what it makes of them). The buffer only
+/// grows, so that a larger call later does not zero it again.
 fn to_bf16_pairs<'a>(
     x: &[f32],
     m: usize,
+    rows: usize,
     k: usize,
     steps: usize,
     features: CpuFeatures,
     buffer: &'a mut Vec<u32>,
 ) -> &'a [u32] {
-    if buffer.len() < m * steps {
-        buffer.resize(m * steps, 0);
+    debug_assert!(rows >= m && steps >= k.div_ceil(2));
+    if buffer.len() < rows * steps {
+        buffer.resize(rows * steps, 0);
     }
-    let out = &mut buffer[..m * steps];
-    // Every word is written here.
-    out.par_chunks_mut(steps)
+    // Every word of the first m rows is written here.
+    buffer[..m * steps]
+        .par_chunks_mut(steps)
         .zip(x.par_chunks(k))
-        .for_each(|(dst, src)| microkernel::convert_row_bf16(src, dst, features));
-    out
+        .for_each(|(dst, src)| {
+            let (pairs, padding) = dst.split_at_mut(k.div_ceil(2));
+            microkernel::convert_row_bf16(src, pairs, features);
+            padding.fill(0);
+        });
+    &buffer[..rows * steps]
 }
 
 #[cfg(test)]
@@ -458,16 +497,21 @@ mod tests {
     }
 
     fn check(ty: PackedType, features: CpuFeatures) {
-        // Rows, inner size and columns that are not multiples of MR, of a step pair,
-        // or of NR, next to exact multiples, and more rows than one block (MC).
+        // Rows, inner size and columns that are not multiples of the kernels' rows (10,
+        // or 16 and 32 on AMX), of a step pair or a tile's 16 steps, or of NR, next to
+        // exact multiples, and more rows than one block (120 or 128). The larger shapes
+        // come first, so that smaller ones reuse a converted input with stale rows.
         let shapes = [
+            (160, 64, 40),
+            (131, 129, 31),
             (1, 1, 1),
             (3, 7, 5),
             (10, 64, 32),
             (11, 33, 65),
+            (16, 32, 32),
             (23, 515, 97),
+            (47, 40, 33),
             (50, 96, 64),
-            (131, 129, 31),
         ];
         for (m, k, n) in shapes {
             let x = values(m * k, (m * 31 + k) as u32);
@@ -515,8 +559,18 @@ mod tests {
         if !cpu.avx512f {
             eprintln!("no AVX-512 on this CPU: the portable kernels were checked instead");
         }
-        check(PackedType::F32, cpu);
-        check(PackedType::Bf16, cpu);
+        if !cpu.amx_tiles() {
+            eprintln!(
+                "no AMX tiles on this CPU ({}): their kernel was not run",
+                cpu.names()
+            );
+        }
+        // Each level this CPU has: AVX-512 f32 (with bf16 on portable code), then bf16
+        // dot products, then AMX tiles.
+        for cap in ["avx512", "avx512_bf16", ""] {
+            check(PackedType::F32, cpu.capped(cap));
+            check(PackedType::Bf16, cpu.capped(cap));
+        }
     }
 
     #[test]
