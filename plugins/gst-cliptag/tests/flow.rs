@@ -296,8 +296,11 @@ fn an_event_with_every_frame_neither_unbatches_nor_slows_the_stream() {
         noted_batch > 2.0,
         "with an event per frame, frames rode in batches of {noted_batch:.1} on average"
     );
+    // The batch size above is the precise check; the rate only catches a stream that
+    // events slow down outright (a flush or a wait per event), with room for shared
+    // machines whose speed swings by 10 to 20% between the runs.
     assert!(
-        noted_rate >= 0.9 * plain_rate,
+        noted_rate >= 0.75 * plain_rate,
         "{noted_rate:.0} frames/s with an event per frame, {plain_rate:.0} without"
     );
 }

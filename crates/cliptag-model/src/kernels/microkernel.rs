@@ -298,22 +298,7 @@ mod avx512 {
                     )+
                 }
                 $(
-                    if t.quick_gelu {
-                        $lo = quick_gelu($lo);
-                        $hi = quick_gelu($hi);
-                    }
-                    if let Some(res) = t.residual {
-                        let row = unsafe { res.add($r * t.ldc) };
-                        unsafe {
-                            $lo = _mm512_add_ps($lo, _mm512_maskz_loadu_ps(m0, row));
-                            $hi = _mm512_add_ps($hi, _mm512_maskz_loadu_ps(m1, row.add(16)));
-                        }
-                    }
-                    let row = unsafe { t.c.add($r * t.ldc) };
-                    unsafe {
-                        _mm512_mask_storeu_ps(row, m0, $lo);
-                        _mm512_mask_storeu_ps(row.add(16), m1, $hi);
-                    }
+                    unsafe { finish_row(t, $r, $lo, $hi, (m0, m1)) };
                 )+
             }
         };
@@ -339,28 +324,43 @@ mod avx512 {
         };
         for r in 0..t.rows {
             let row = unsafe { sums.add(r * ld) };
-            let (mut lo, mut hi) = unsafe {
-                (
-                    _mm512_add_ps(bias_lo, _mm512_maskz_loadu_ps(m0, row)),
-                    _mm512_add_ps(bias_hi, _mm512_maskz_loadu_ps(m1, row.add(16))),
-                )
-            };
-            if t.quick_gelu {
-                lo = quick_gelu(lo);
-                hi = quick_gelu(hi);
-            }
-            if let Some(res) = t.residual {
-                let res = unsafe { res.add(r * t.ldc) };
-                unsafe {
-                    lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, res));
-                    hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, res.add(16)));
-                }
-            }
-            let out = unsafe { t.c.add(r * t.ldc) };
             unsafe {
-                _mm512_mask_storeu_ps(out, m0, lo);
-                _mm512_mask_storeu_ps(out.add(16), m1, hi);
+                let lo = _mm512_add_ps(bias_lo, _mm512_maskz_loadu_ps(m0, row));
+                let hi = _mm512_add_ps(bias_hi, _mm512_maskz_loadu_ps(m1, row.add(16)));
+                finish_row(t, r, lo, hi, (m0, m1));
             }
+        }
+    }
+
+    /// The end of output row `r` of a tile, whose sums (bias included) are `lo` and `hi`:
+    /// `quick_gelu` and the residual as the tile asks, then the masked store.
+    ///
+    /// # Safety
+    /// Row `r` and the masked columns of the output and the residual lie inside their
+    /// buffers (the kernels' contract).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_row(
+        t: &Tile,
+        r: usize,
+        mut lo: __m512,
+        mut hi: __m512,
+        (m0, m1): (__mmask16, __mmask16),
+    ) {
+        if t.quick_gelu {
+            lo = quick_gelu(lo);
+            hi = quick_gelu(hi);
+        }
+        // SAFETY: the caller's contract.
+        unsafe {
+            if let Some(res) = t.residual {
+                let res = res.add(r * t.ldc);
+                lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, res));
+                hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, res.add(16)));
+            }
+            let out = t.c.add(r * t.ldc);
+            _mm512_mask_storeu_ps(out, m0, lo);
+            _mm512_mask_storeu_ps(out.add(16), m1, hi);
         }
     }
 
