@@ -275,15 +275,7 @@ mod avx512 {
                 // SAFETY (every pointer access below): rows 0..rows of the tile, steps
                 // 0..t.steps and the masked columns 0..t.cols lie inside the buffers
                 // (the caller's contract); lines are 64-byte aligned.
-                let (init_lo, init_hi) = match t.bias {
-                    Some(bias) => unsafe {
-                        (
-                            _mm512_maskz_loadu_ps(m0, bias),
-                            _mm512_maskz_loadu_ps(m1, bias.add(16)),
-                        )
-                    },
-                    None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-                };
+                let (init_lo, init_hi) = unsafe { bias_registers(t, (m0, m1)) };
                 $(
                     let (mut $lo, mut $hi) = (init_lo, init_hi);
                 )+
@@ -313,15 +305,7 @@ mod avx512 {
         let (m0, m1) = masks(t.cols);
         // SAFETY (every access): rows 0..t.rows and the masked columns 0..t.cols of the
         // sums, the bias, the residual and the output (the caller's contract).
-        let (bias_lo, bias_hi) = match t.bias {
-            Some(bias) => unsafe {
-                (
-                    _mm512_maskz_loadu_ps(m0, bias),
-                    _mm512_maskz_loadu_ps(m1, bias.add(16)),
-                )
-            },
-            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-        };
+        let (bias_lo, bias_hi) = unsafe { bias_registers(t, (m0, m1)) };
         for r in 0..t.rows {
             let row = unsafe { sums.add(r * ld) };
             unsafe {
@@ -329,6 +313,25 @@ mod avx512 {
                 let hi = _mm512_add_ps(bias_hi, _mm512_maskz_loadu_ps(m1, row.add(16)));
                 finish_row(t, r, lo, hi, (m0, m1));
             }
+        }
+    }
+
+    /// The tile's bias in the two registers of a row (zero without one).
+    ///
+    /// # Safety
+    /// The bias, if any, has the masked columns (the kernels' contract).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bias_registers(t: &Tile, (m0, m1): (__mmask16, __mmask16)) -> (__m512, __m512) {
+        match t.bias {
+            // SAFETY: the caller's contract.
+            Some(bias) => unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m0, bias),
+                    _mm512_maskz_loadu_ps(m1, bias.add(16)),
+                )
+            },
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
         }
     }
 
