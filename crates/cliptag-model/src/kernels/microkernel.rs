@@ -63,6 +63,16 @@ impl Microkernel {
             tiles: false,
         }
     }
+
+    /// Rows of input a call on `m` rows reads: whole tiles of 16 on AMX (the rows past
+    /// `m` are computed and dropped), exactly `m` otherwise.
+    pub fn input_rows(&self, m: usize) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles {
+            return m.next_multiple_of(super::amx::ROWS);
+        }
+        m
+    }
 }
 
 /// The widest kernel the CPU runs for a number type.

@@ -32,11 +32,6 @@ pub(crate) const MR: usize = 10;
 const JOBS_PER_THREAD: usize = 4;
 /// bf16 matrices have a multiple of this many steps: whole AMX tiles.
 const BF16_STEPS: usize = 16;
-/// bf16 inputs for AMX have a multiple of this many rows: whole AMX tiles.
-#[cfg(target_arch = "x86_64")]
-const TILE_ROWS: usize = super::amx::ROWS;
-#[cfg(not(target_arch = "x86_64"))]
-const TILE_ROWS: usize = 1;
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(BF16_STEPS.is_multiple_of(super::amx::STEPS));
 
@@ -187,11 +182,7 @@ pub(crate) fn matmul(
     match w.ty {
         PackedType::F32 => run(bytemuck_f32(x), m, w, epilogue, kernel, out),
         PackedType::Bf16 => {
-            let rows = if kernel.tiles {
-                m.next_multiple_of(TILE_ROWS)
-            } else {
-                m
-            };
+            let rows = kernel.input_rows(m);
             PAIRS.with(|pairs| match pairs.try_borrow_mut() {
                 Ok(mut pairs) => {
                     let a = to_bf16_pairs(x, m, rows, k, steps, features, &mut pairs);
@@ -226,11 +217,7 @@ fn run(
     mut out: Vec<f32>,
 ) -> Vec<f32> {
     let (n, steps) = (w.n, w.steps);
-    let rows = if kernel.tiles {
-        m.next_multiple_of(TILE_ROWS)
-    } else {
-        m
-    };
+    let rows = kernel.input_rows(m);
     assert!(a.len() >= rows * steps && out.capacity() >= m * n);
     let panels = n.div_ceil(NR);
     let threads = candle_core::utils::get_num_threads().clamp(1, panels);
